@@ -1,0 +1,13 @@
+// ringnet: the whole life of a TCP connection as C++20 coroutines on io_uring.
+#pragma once
+
+#include <ringnet/config.hpp>
+#include <ringnet/error.hpp>
+#include <ringnet/io_context.hpp>
+#include <ringnet/operation.hpp>
+#include <ringnet/spawn.hpp>
+#include <ringnet/stop_token.hpp>
+#include <ringnet/task.hpp>
+#include <ringnet/timer.hpp>
+#include <ringnet/when_all.hpp>
+#include <ringnet/when_any.hpp>

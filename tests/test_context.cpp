@@ -1,0 +1,115 @@
+// io_context: set-up fallbacks, probing, cross-thread wake-ups, stop, destruction.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "support.hpp"
+
+TEST_CASE("io_context: every ring mode works, falling back where the kernel refuses") {
+  test::fd_leak_check fds;
+  for (auto mode : {rn::ring_mode::defer_taskrun, rn::ring_mode::coop_taskrun, rn::ring_mode::basic}) {
+    auto opts = test::context_options();
+    opts.mode = mode;
+    rn::io_context ctx(opts);
+    CHECK(ctx.mode() >= mode);  // never more capable than asked for
+    if (ctx.mode() == rn::ring_mode::defer_taskrun) {
+      CHECK((ctx.setup_flags() & IORING_SETUP_DEFER_TASKRUN) != 0);
+      CHECK((ctx.setup_flags() & IORING_SETUP_SINGLE_ISSUER) != 0);
+    } else {
+      CHECK((ctx.setup_flags() & IORING_SETUP_DEFER_TASKRUN) == 0);
+    }
+    auto r = rn::sync_wait(ctx, rn::sleep_for(ctx, 1ms));
+    CHECK(r.has_value());
+    MESSAGE("asked for mode " << static_cast<int>(mode) << ", got "
+                              << static_cast<int>(ctx.mode()) << " (flags 0x" << std::hex
+                              << ctx.setup_flags() << ")");
+  }
+}
+
+TEST_CASE("io_context: probes opcodes once and honours disabled ones") {
+  auto opts = test::context_options();
+  rn::io_context plain(opts);
+  CHECK(plain.supports(IORING_OP_NOP));
+  CHECK(plain.supports(IORING_OP_TIMEOUT));
+  opts.disabled_ops.set(IORING_OP_SHUTDOWN);
+  rn::io_context restricted(opts);
+  CHECK_FALSE(restricted.supports(IORING_OP_SHUTDOWN));
+  CHECK(restricted.supports(IORING_OP_TIMEOUT));
+}
+
+TEST_CASE("io_context: created on one thread, run on another") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  bool ran = false;
+  std::jthread runner([&] {
+    ran = rn::sync_wait(ctx, [](rn::io_context& c) -> rn::task<bool> {
+      co_return (co_await rn::sleep_for(c, 1ms)).has_value();
+    }(ctx));
+  });
+  runner.join();
+  CHECK(ran);
+}
+
+TEST_CASE("io_context: schedule() moves a coroutine onto the context's thread") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  rn::io_context::work_guard guard(ctx);
+  std::thread::id seen;
+  std::jthread loop([&] { ctx.run(); });
+  // A coroutine started on this thread hops onto the loop thread.
+  std::atomic<bool> done{false};
+  auto hop = [&]() -> rn::task<void> {
+    co_await ctx.schedule();
+    seen = std::this_thread::get_id();
+    co_await rn::sleep_for(ctx, 1ms);  // and does I/O there
+    done = true;
+  };
+  auto t = hop();
+  auto h = t.release();
+  h.resume();  // runs up to schedule() here, then continues on the loop thread
+  for (int i = 0; i < 2000 && !done; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(done);
+  CHECK(seen == loop.get_id());
+  guard.reset();  // run() returns once out of work
+  loop.join();
+  h.destroy();
+}
+
+TEST_CASE("io_context: stop() from another thread makes run() return; destruction frees frames") {
+  test::fd_leak_check fds;
+  int socks[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, socks) == 0);
+  {
+    rn::io_context ctx(test::context_options());
+    rn::spawn(ctx, [](rn::io_context& c) -> rn::task<void> { co_await rn::sleep_for(c, 1h); }(ctx));
+    std::jthread stopper([&] {
+      std::this_thread::sleep_for(20ms);
+      ctx.stop();
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    ctx.run();
+    CHECK(std::chrono::steady_clock::now() - t0 < 20s);
+    CHECK(ctx.stopped());
+    // The sleeping task is still owned by the context; its destructor cancels and frees it.
+  }
+  ::close(socks[0]);
+  ::close(socks[1]);
+}
+
+TEST_CASE("io_context: spawn from another thread while running") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  std::atomic<int> count{0};
+  rn::io_context::work_guard guard(ctx);
+  std::jthread loop([&] { ctx.run(); });
+  for (int i = 0; i < 100; ++i)
+    rn::spawn(ctx, [](rn::io_context& c, std::atomic<int>& n) -> rn::task<void> {
+      co_await rn::sleep_for(c, 1ms);
+      ++n;
+    }(ctx, count));
+  for (int i = 0; i < 2000 && count < 100; ++i) std::this_thread::sleep_for(5ms);
+  guard.reset();
+  loop.join();
+  CHECK(count == 100);
+}
