@@ -63,4 +63,11 @@ struct fd_leak_check {
 // Operator new calls on this thread since the program started (tests/alloc_counter.cpp).
 std::size_t allocations() noexcept;
 
+#ifdef RINGNET_TEST_NO_ALLOC_COUNTER
+inline constexpr bool counting_allocations = false;  // TSan replaces operator new itself
+std::size_t allocations() noexcept { return 0; }
+#else
+inline constexpr bool counting_allocations = true;
+#endif
+
 }  // namespace test

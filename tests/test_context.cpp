@@ -62,7 +62,7 @@ TEST_CASE("io_context: schedule() moves a coroutine onto the context's thread") 
   auto hop = [&]() -> rn::task<void> {
     co_await ctx.schedule();
     seen = std::this_thread::get_id();
-    co_await rn::sleep_for(ctx, 1ms);  // and does I/O there
+    CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());  // and does I/O there
     done = true;
   };
   auto t = hop();
@@ -82,7 +82,7 @@ TEST_CASE("io_context: stop() from another thread makes run() return; destructio
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, socks) == 0);
   {
     rn::io_context ctx(test::context_options());
-    rn::spawn(ctx, [](rn::io_context& c) -> rn::task<void> { co_await rn::sleep_for(c, 1h); }(ctx));
+    rn::spawn(ctx, [](rn::io_context& c) -> rn::task<void> { (void)co_await rn::sleep_for(c, 1h); }(ctx));
     std::jthread stopper([&] {
       std::this_thread::sleep_for(20ms);
       ctx.stop();
@@ -105,7 +105,7 @@ TEST_CASE("io_context: spawn from another thread while running") {
   std::jthread loop([&] { ctx.run(); });
   for (int i = 0; i < 100; ++i)
     rn::spawn(ctx, [](rn::io_context& c, std::atomic<int>& n) -> rn::task<void> {
-      co_await rn::sleep_for(c, 1ms);
+      CHECK((co_await rn::sleep_for(c, 1ms)).has_value());
       ++n;
     }(ctx, count));
   for (int i = 0; i < 2000 && count < 100; ++i) std::this_thread::sleep_for(5ms);

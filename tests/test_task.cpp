@@ -83,7 +83,7 @@ TEST_CASE("spawn: detached tasks run, keep run() alive, and report escaping exce
   int done = 0;
   for (int i = 0; i < 10; ++i)
     rn::spawn(ctx, [](rn::io_context& c, int& d) -> rn::task<void> {
-      co_await rn::sleep_for(c, 1ms);
+      CHECK((co_await rn::sleep_for(c, 1ms)).has_value());
       ++d;
     }(ctx, done));
   ctx.run();
@@ -114,7 +114,7 @@ TEST_CASE("spawn: a context destroyed with unfinished tasks destroys their frame
   {
     rn::io_context ctx(test::context_options());
     rn::spawn(ctx, [](rn::io_context& c, counted) -> rn::task<void> {
-      co_await rn::sleep_for(c, 1h);
+      (void)co_await rn::sleep_for(c, 1h);
     }(ctx, counted{}));
     ctx.poll();
     CHECK(counted::alive == 1);
@@ -125,7 +125,7 @@ TEST_CASE("spawn: a context destroyed with unfinished tasks destroys their frame
 TEST_CASE("when_all: runs concurrently and returns every result") {
   rn::io_context ctx(test::context_options());
   auto sleepy = [](rn::io_context& c, std::chrono::milliseconds d, int v) -> rn::task<int> {
-    co_await rn::sleep_for(c, d);
+    CHECK((co_await rn::sleep_for(c, d)).has_value());
     co_return v;
   };
   const auto t0 = std::chrono::steady_clock::now();
