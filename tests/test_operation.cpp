@@ -285,3 +285,30 @@ TEST_CASE("operation: zero heap allocations per operation" * doctest::skip(!test
   CHECK(during == 0);
   MESSAGE("heap allocations for 3,000 operations: " << during);
 }
+
+TEST_CASE("task frames are recycled: spawn, when_all and nested tasks allocate nothing in steady state" *
+          doctest::skip(!test::counting_allocations)) {
+  rn::io_context ctx(test::context_options());
+  int finished = 0;
+  auto child = [](rn::io_context& c) -> rn::task<int> {
+    co_return (co_await rn::sleep_for(c, 0ns)).has_value() ? 1 : 0;
+  };
+  auto connection = [&](rn::io_context& c) -> rn::task<void> {
+    auto [a, b] = co_await rn::when_all(child(c), child(c));
+    finished += a + b;
+  };
+  auto spawn_some = [&] {
+    for (int i = 0; i < 64; ++i) rn::spawn(ctx, connection(ctx));
+    ctx.run();
+  };
+  spawn_some();  // warm-up: the frame pool and both of the ring's ready vectors reach their
+  spawn_some();  // steady size
+  const std::size_t before = test::allocations();
+  for (int round = 0; round < 10; ++round) spawn_some();
+  const std::size_t during = test::allocations() - before;
+  CHECK(finished == 12 * 64 * 2);
+#ifdef RINGNET_DETAIL_FRAME_POOL
+  CHECK(during == 0);
+#endif
+  MESSAGE("heap allocations for 640 spawned tasks with 1,920 child frames: " << during);
+}

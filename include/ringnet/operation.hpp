@@ -8,6 +8,7 @@
 //     // optional: std::optional<int> try_inline() noexcept;  complete without the kernel
 //     // optional: static void discard(int res) noexcept;      nobody will see res (ring closing)
 //     // optional: static constexpr bool linkable_timeout = false;  runs in io-wq (FACTS #6)
+//     // optional: void submitted() noexcept; void completed() noexcept;  per-fd bookkeeping
 //   };
 //
 // Contract: the awaiter lives in the coroutine frame (no allocation); its address is user_data.
@@ -64,18 +65,22 @@ inline constexpr bool linkable_timeout_v = [] {
     return true;
 }();
 
-// What every operation shares, independent of its descriptor and token types.
-class op_base : public completion, public remote_node {
- protected:
-  op_base(ring& r, completion::handler h) noexcept
-      : completion{h}, remote_node{&op_base::cancel_from_remote}, ring_(&r) {}
+template <class Op>
+concept submit_hooked = requires(Op& op) { op.submitted(); };
+template <class Op>
+concept complete_hooked = requires(Op& op) { op.completed(); };
 
-  [[nodiscard]] std::uint64_t user_data() noexcept {
-    return reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
-  }
+// Turns a stop request (from any thread) into an ASYNC_CANCEL of `target`, issued on the ring's
+// thread. Lives next to the awaiting coroutine; settle() before that coroutine resumes.
+class canceller : public remote_node {
+ public:
+  canceller(ring& r, std::uint64_t target) noexcept
+      : remote_node{&canceller::cancel_from_remote}, ring_(&r), target_(target) {}
+  canceller(const canceller&) = delete;
+  canceller& operator=(const canceller&) = delete;
 
-  // The stop callback: runs on whichever thread requested stop, never touches the SQ off-thread.
-  void request_cancel() noexcept {
+  // The stop callback itself: never touches the SQ off the ring's thread.
+  void request() noexcept {
     if (ring_->on_this_thread()) {
       cancel_here();
     } else {
@@ -83,46 +88,68 @@ class op_base : public completion, public remote_node {
       ring_->post_remote(this);
     }
   }
-  void cancel_here() noexcept {
-    if (finished_ || cancel_sent_) return;
-    cancel_sent_ = true;
-    ring_->cancel(user_data());
-  }
-  static void cancel_from_remote(remote_node* n) noexcept {
-    static_cast<op_base&>(*n).cancel_here();
-  }
-  // Once the stop callback is deregistered, our node may still sit in the remote stack: drain
-  // it before the frame can go away.
-  void settle_remote() noexcept {
+  // The target's final CQE arrived. Call after deregistering the stop callback: our node may
+  // still sit in the remote stack, so drain it before the memory can go away.
+  void settle() noexcept {
+    finished_ = true;
     if (remote_queued_.load(std::memory_order_acquire)) ring_->drain_remote();
   }
+  void retarget(std::uint64_t target) noexcept { target_ = target; }
+  [[nodiscard]] ring& owner() const noexcept { return *ring_; }
 
-  struct canceller {
-    op_base* op;
-    void operator()() const noexcept { op->request_cancel(); }
+  struct callback_fn {
+    canceller* self;
+    void operator()() const noexcept { self->request(); }
   };
 
+ private:
+  void cancel_here() noexcept {
+    if (finished_ || sent_) return;
+    sent_ = true;
+    ring_->cancel(target_);
+  }
+  static void cancel_from_remote(remote_node* n) noexcept {
+    static_cast<canceller&>(*n).cancel_here();
+  }
+
   ring* ring_;
-  std::coroutine_handle<> waiter_;
-  int res_ = 0;
-  std::uint32_t cqe_flags_ = 0;
+  std::uint64_t target_;
   bool finished_ = false;
-  bool cancel_sent_ = false;
+  bool sent_ = false;
   std::atomic<bool> remote_queued_{false};
+};
+
+// A stop callback registration for any stoppable token; nothing at all for never_stop_token.
+template <class Token>
+class stop_registration {
+  static constexpr bool can_stop = !std::is_same_v<Token, never_stop_token>;
+
+ public:
+  void arm(const Token& token, canceller& c) noexcept {
+    if constexpr (can_stop) {
+      if (token.stop_possible()) callback_.emplace(token, canceller::callback_fn{&c});
+    }
+  }
+  void disarm() noexcept {  // waits for a callback running on another thread
+    if constexpr (can_stop) callback_.reset();
+  }
+
+ private:
+  struct none {};
+  using callback = stop_callback_for_t<Token, canceller::callback_fn>;
+  [[no_unique_address]] std::conditional_t<can_stop, std::optional<callback>, none> callback_;
 };
 
 }  // namespace detail
 
 template <class Op, stoppable_token Token = never_stop_token>
-class [[nodiscard]] operation : detail::op_base {
-  static constexpr bool can_stop = !std::is_same_v<Token, never_stop_token>;
-  using callback = stop_callback_for_t<Token, canceller>;
-
+class [[nodiscard]] operation : detail::completion {
  public:
   operation(io_context& ctx, Op op, Token token = {}) noexcept
-      : op_base(detail::ring_of(ctx), &operation::on_complete),
+      : completion{&operation::on_complete},
         op_(std::move(op)),
-        token_(std::move(token)) {}
+        token_(std::move(token)),
+        cancel_(detail::ring_of(ctx), user_data()) {}
 
   operation(io_context& ctx, Op op, Token token, std::chrono::nanoseconds timeout) noexcept
     requires detail::linkable_timeout_v<Op>
@@ -132,9 +159,10 @@ class [[nodiscard]] operation : detail::op_base {
 
   // Movable until awaited (so combinators can take operations by value).
   operation(operation&& o) noexcept
-      : op_base(*o.ring_, &operation::on_complete),
+      : completion{&operation::on_complete},
         op_(std::move(o.op_)),
         token_(std::move(o.token_)),
+        cancel_(o.cancel_.owner(), user_data()),
         timeout_(o.timeout_) {}
   operation& operator=(operation&&) = delete;
 
@@ -154,22 +182,22 @@ class [[nodiscard]] operation : detail::op_base {
 
   void await_suspend(std::coroutine_handle<> waiter) noexcept {
     waiter_ = waiter;
+    detail::ring& r = cancel_.owner();
     const bool timed = timeout_ != no_timeout;
-    io_uring_sqe* sqe = ring_->get_sqes(timed ? 2u : 1u);
+    io_uring_sqe* sqe = r.get_sqes(timed ? 2u : 1u);
     op_.prepare(sqe);
     io_uring_sqe_set_data64(sqe, user_data());
     if (timed) {
       sqe->flags |= IOSQE_IO_LINK;
       deadline_ = std::chrono::steady_clock::now() + timeout_;
       ts_ = detail::to_timespec(timeout_);
-      io_uring_sqe* t = ring_->next_sqe();
+      io_uring_sqe* t = r.next_sqe();
       io_uring_prep_link_timeout(t, &ts_, 0);
       io_uring_sqe_set_data64(t, detail::ignore_cqe);
     }
-    ring_->op_started();
-    if constexpr (can_stop) {
-      if (token_.stop_possible()) callback_.emplace(token_, canceller{this});
-    }
+    r.op_started();
+    if constexpr (detail::submit_hooked<Op>) op_.submitted();
+    stop_.arm(token_, cancel_);
   }
 
   decltype(auto) await_resume() noexcept(noexcept(op_.complete(0, 0))) {
@@ -177,13 +205,18 @@ class [[nodiscard]] operation : detail::op_base {
   }
 
  private:
+  [[nodiscard]] std::uint64_t user_data() noexcept {
+    return reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
+  }
+
   static void on_complete(detail::completion* c, int res, std::uint32_t flags) noexcept {
     auto* self = static_cast<operation*>(c);
-    self->ring_->op_finished();
-    self->finished_ = true;
-    if constexpr (can_stop) self->callback_.reset();  // waits for a callback running elsewhere
-    self->settle_remote();
-    if (self->ring_->draining()) {
+    detail::ring& r = self->cancel_.owner();
+    r.op_finished();
+    self->stop_.disarm();
+    self->cancel_.settle();
+    if constexpr (detail::complete_hooked<Op>) self->op_.completed();
+    if (r.draining()) {
       if constexpr (detail::discarding<Op>) Op::discard(res);
       return;
     }
@@ -203,11 +236,14 @@ class [[nodiscard]] operation : detail::op_base {
 
   Op op_;
   [[no_unique_address]] Token token_;
+  detail::canceller cancel_;
+  detail::stop_registration<Token> stop_;
+  std::coroutine_handle<> waiter_;
+  int res_ = 0;
+  std::uint32_t cqe_flags_ = 0;
   std::chrono::nanoseconds timeout_ = no_timeout;
   std::chrono::steady_clock::time_point deadline_{};
   __kernel_timespec ts_{};
-  struct no_callback {};
-  [[no_unique_address]] std::conditional_t<can_stop, std::optional<callback>, no_callback> callback_;
 };
 
 namespace detail {

@@ -19,7 +19,7 @@ namespace detail {
 // A fire-and-forget coroutine owned by its ring: linked in on start, unlinked and freed at the
 // end; a ring that is destroyed first destroys the frame itself.
 struct detached_task {
-  struct promise_type : detached_link, remote_node {
+  struct promise_type : detached_link, remote_node, pooled_frame {
     ring* owner = nullptr;
     detached_task get_return_object() noexcept {
       frame = std::coroutine_handle<promise_type>::from_promise(*this);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/frame_pool.hpp>
 
 #include <coroutine>
 #include <exception>
@@ -17,7 +18,7 @@ class task;
 
 namespace detail {
 
-struct task_promise_base {
+struct task_promise_base : pooled_frame {
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class Promise>

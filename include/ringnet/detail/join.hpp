@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/frame_pool.hpp>
 
 #include <atomic>
 #include <coroutine>
@@ -23,7 +24,7 @@ struct join_counter {
 };
 
 struct join_child {
-  struct promise_type {
+  struct promise_type : pooled_frame {
     join_counter* counter = nullptr;
     join_child get_return_object() noexcept {
       return join_child{std::coroutine_handle<promise_type>::from_promise(*this)};

@@ -1,0 +1,89 @@
+// Per-thread recycling of coroutine frames, so a connection's tasks cost no malloc in steady
+// state. Frames are binned by size (64-byte classes up to 4 KiB); larger ones go to the heap.
+// Under AddressSanitizer (or with RINGNET_NO_FRAME_POOL) frames come straight from the heap so
+// use-after-free in frames stays detectable.
+#pragma once
+
+#include <ringnet/config.hpp>
+
+#include <cstddef>
+#include <new>
+#include <utility>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define RINGNET_DETAIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RINGNET_DETAIL_ASAN 1
+#endif
+#endif
+#if !defined(RINGNET_NO_FRAME_POOL) && !defined(RINGNET_DETAIL_ASAN)
+#define RINGNET_DETAIL_FRAME_POOL 1
+#endif
+
+RINGNET_BEGIN_NAMESPACE
+namespace detail {
+
+class frame_pool {
+  static constexpr std::size_t granularity = 64;
+  static constexpr std::size_t classes = 64;        // frames up to 4 KiB are pooled
+  static constexpr std::size_t max_cached = 4096;   // per class: bursts do not pin memory forever
+
+  struct block {
+    block* next;
+  };
+
+ public:
+  frame_pool() = default;
+  frame_pool(const frame_pool&) = delete;
+  frame_pool& operator=(const frame_pool&) = delete;
+  ~frame_pool() {
+    for (block*& head : free_) {
+      while (head) ::operator delete(std::exchange(head, head->next));
+    }
+  }
+
+  static frame_pool& local() noexcept {
+    static thread_local frame_pool pool;
+    return pool;
+  }
+
+  void* allocate(std::size_t n) {
+    const std::size_t c = size_class(n);
+    if (c < classes && free_[c]) {
+      --count_[c];
+      return std::exchange(free_[c], free_[c]->next);
+    }
+    return ::operator new(c < classes ? (c + 1) * granularity : n);
+  }
+
+  void deallocate(void* p, std::size_t n) noexcept {
+    const std::size_t c = size_class(n);
+    if (c < classes && count_[c] < max_cached) {
+      ++count_[c];
+      free_[c] = new (p) block{free_[c]};
+      return;
+    }
+    ::operator delete(p);
+  }
+
+ private:
+  static constexpr std::size_t size_class(std::size_t n) noexcept {
+    return n == 0 ? 0 : (n - 1) / granularity;
+  }
+  block* free_[classes] = {};
+  std::size_t count_[classes] = {};
+};
+
+// Base for promise types: routes frame allocation through the pool.
+struct pooled_frame {
+#ifdef RINGNET_DETAIL_FRAME_POOL
+  static void* operator new(std::size_t n) { return frame_pool::local().allocate(n); }
+  static void operator delete(void* p, std::size_t n) noexcept {
+    frame_pool::local().deallocate(p, n);
+  }
+#endif
+};
+
+}  // namespace detail
+RINGNET_END_NAMESPACE
