@@ -1,0 +1,185 @@
+// Helpers for TCP tests: a plain blocking-socket peer (the "other side", deliberately not
+// ringnet), socket-state inspection from /proc/net/tcp*, and bounded waits.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+namespace test {
+
+// A blocking socket with 10 s send/receive timeouts, so a broken test fails instead of hanging.
+inline void bound_io_time(int fd, int seconds = 10) {
+  const timeval tv{seconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+struct raw_listener {
+  int fd = -1;
+  std::uint16_t port = 0;
+  explicit raw_listener(int backlog = 128, bool v6 = false) {
+    fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    const rn::endpoint at = v6 ? rn::endpoint::loopback_v6(0) : rn::endpoint::loopback_v4(0);
+    REQUIRE(::bind(fd, at.data(), at.size()) == 0);
+    REQUIRE(::listen(fd, backlog) == 0);
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    port = rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    bound_io_time(fd);
+  }
+  ~raw_listener() { close(); }
+  raw_listener(const raw_listener&) = delete;
+  raw_listener& operator=(const raw_listener&) = delete;
+  void close() {
+    if (fd >= 0) ::close(std::exchange(fd, -1));
+  }
+  [[nodiscard]] rn::endpoint endpoint() const { return rn::endpoint::loopback_v4(port); }
+  int accept_one() const {
+    int c;
+    do c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+    while (c < 0 && errno == EINTR);
+    if (c >= 0) bound_io_time(c);
+    return c;
+  }
+};
+
+inline int raw_connect(const rn::endpoint& to) {
+  const int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  bound_io_time(fd);
+  int rc = ::connect(fd, to.data(), to.size());
+  if (rc < 0 && errno == EINTR) {
+    // On a ring's thread, pending io_uring task work interrupts blocking calls (TIF_NOTIFY_SIGNAL);
+    // the handshake goes on in the background: wait for it.
+    pollfd p{fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    while (::poll(&p, 1, 10'000) < 0 && errno == EINTR) {}
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    rc = err == 0 && (p.revents & POLLOUT) ? 0 : -1;
+    errno = err;
+  }
+  const std::string why = rc == 0 ? "ok" : std::strerror(errno);
+  INFO("connect to " << to.to_string() << ": " << why);
+  REQUIRE(rc == 0);
+  return fd;
+}
+
+inline void set_linger_rst(int fd) {
+  const linger lg{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+// Reads until EOF or an error; returns the bytes and the errno that ended it (0 for EOF).
+struct read_result {
+  std::string data;
+  int error = 0;
+};
+inline read_result read_to_end(int fd) {
+  read_result out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      out.data.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    out.error = n == 0 ? 0 : errno;
+    return out;
+  }
+}
+
+inline bool write_all(int fd, const std::string& data) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+inline std::string pattern(std::size_t n, std::uint32_t seed = 1) {
+  std::string s(n, '\0');
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (char& c : s) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    c = static_cast<char>(x);
+  }
+  return s;
+}
+
+// TCP states as in include/net/tcp_states.h.
+enum class tcp_state { established = 1, syn_sent = 2, fin_wait1 = 4, time_wait = 6, close_wait = 8 };
+
+enum class port_side { local, remote };
+
+// Sockets in /proc/net/tcp{,6} whose local or remote port is `port` (optionally in `state`).
+inline int sockets_on_port(std::uint16_t port, port_side side, int state = 0) {
+  int n = 0;
+  for (const char* file : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      std::string slot, local, remote, st;
+      ls >> slot >> local >> remote >> st;
+      const std::string& addr = side == port_side::local ? local : remote;
+      const auto colon = addr.rfind(':');
+      if (colon == std::string::npos) continue;
+      const unsigned long p = std::stoul(addr.substr(colon + 1), nullptr, 16);
+      const unsigned long s = std::stoul(st, nullptr, 16);
+      if (p == port && (state == 0 || static_cast<int>(s) == state)) ++n;
+    }
+  }
+  return n;
+}
+
+inline int sockets_on_port(std::uint16_t port, port_side side, tcp_state state) {
+  return sockets_on_port(port, side, static_cast<int>(state));
+}
+
+// Raises RLIMIT_NOFILE to at least `want` if allowed; returns the soft limit now in force.
+inline rlim_t raise_fd_limit(rlim_t want) {
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur >= want) return rl.rlim_cur;
+  rlimit wanted{want, std::max(want, rl.rlim_max)};
+  if (::setrlimit(RLIMIT_NOFILE, &wanted) != 0) {  // not privileged: up to the hard limit
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  return rl.rlim_cur;
+}
+
+template <class D>
+inline long long ms(D d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+}  // namespace test

@@ -1,0 +1,203 @@
+// The end of a connection: the RST-on-close problem shown both ways, drain deadline and cap,
+// peer resets, cancellation, and what each outcome looks like to the peer.
+#include <thread>
+
+#include "tcp_support.hpp"
+
+using test::port_side;
+using test::tcp_state;
+
+namespace {
+
+struct accepted_pair {
+  rn::stream ours;
+  int peer = -1;
+};
+
+// A ringnet stream accepted from a plain client socket (the peer).
+rn::task<accepted_pair> make_pair(rn::listener& l) {
+  accepted_pair p;
+  p.peer = test::raw_connect(*l.local_endpoint());
+  auto s = co_await l.accept();
+  REQUIRE(s);
+  p.ours = std::move(*s);
+  co_return p;
+}
+
+}  // namespace
+
+TEST_CASE("the RST problem: naive close with unread data resets the peer; graceful_close does not") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  const std::string request = test::pattern(64 * 1024, 1);   // the peer sends, we never read
+  const std::string response = test::pattern(1 << 20, 2);    // we send, the peer reads slowly
+
+  SUBCASE("naive close()") {
+    auto p = rn::sync_wait(ctx, make_pair(*l));
+    REQUIRE(test::write_all(p.peer, request));
+    test::read_result seen;
+    std::jthread peer([&] {
+      std::this_thread::sleep_for(50ms);  // let our close happen with its data still unread
+      seen = test::read_to_end(p.peer);
+    });
+    auto body = [&]() -> rn::task<void> {
+      auto sent = co_await p.ours.send_all(rn::buffer(response));
+      CHECK(sent.bytes == response.size());
+      for (int i = 0; i < 200 && *p.ours.unread_bytes() < request.size(); ++i)
+        CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+      CHECK(*p.ours.unread_bytes() == request.size());  // close now means RST
+      CHECK((co_await p.ours.close()).has_value());
+    };
+    rn::sync_wait(ctx, body());
+    peer.join();
+    CHECK(seen.error == ECONNRESET);
+    MESSAGE("naive close: peer read " << seen.data.size() << " of " << response.size()
+                                      << " bytes, then " << std::string(std::strerror(seen.error)));
+    ::close(p.peer);
+  }
+
+  SUBCASE("graceful_close()") {
+    auto p = rn::sync_wait(ctx, make_pair(*l));
+    REQUIRE(test::write_all(p.peer, request));
+    test::read_result seen;
+    std::jthread peer([&] {
+      std::this_thread::sleep_for(50ms);
+      seen = test::read_to_end(p.peer);  // to our FIN
+      ::shutdown(p.peer, SHUT_WR);       // then its own FIN
+    });
+    auto body = [&]() -> rn::task<rn::close_report> {
+      auto sent = co_await p.ours.send_all(rn::buffer(response));
+      CHECK(sent.bytes == response.size());
+      co_return co_await rn::graceful_close(p.ours, {.drain_timeout = 10s});
+    };
+    auto report = rn::sync_wait(ctx, body());
+    peer.join();
+    CHECK(report.outcome == rn::close_outcome::clean);
+    CHECK(report.bytes_drained == request.size());
+    CHECK_FALSE(report.reset_sent);
+    CHECK(report.unread_at_close == 0);
+    CHECK(seen.error == 0);               // a clean EOF
+    CHECK(seen.data == response);         // every byte, in order
+    ::close(p.peer);
+  }
+}
+
+TEST_CASE("graceful_close: a peer that never sends FIN ends drain_timeout, then RST") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto p = rn::sync_wait(ctx, make_pair(*l));
+  const auto report = rn::sync_wait(ctx, rn::graceful_close(p.ours, {.drain_timeout = 200ms}));
+  CHECK(report.outcome == rn::close_outcome::drain_timeout);
+  CHECK(report.reset_sent);
+  CHECK(report.elapsed >= 200ms);
+  CHECK(report.elapsed < 200ms + 10s);
+  CHECK_FALSE(p.ours.is_open());
+  // The peer saw our FIN (EOF), then the RST ends the connection for good.
+  const auto seen = test::read_to_end(p.peer);
+  CHECK(seen.error == 0);
+  char c = 'x';
+  ssize_t w = 0;
+  for (int i = 0; i < 100 && w >= 0; ++i) w = ::send(p.peer, &c, 1, MSG_NOSIGNAL);
+  CHECK(w < 0);
+  CHECK((errno == EPIPE || errno == ECONNRESET));
+  ::close(p.peer);
+}
+
+TEST_CASE("graceful_close: a flooding peer ends drain_limit after at most max bytes + one") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto p = rn::sync_wait(ctx, make_pair(*l));
+  std::atomic<bool> flooding{true};
+  int flood_error = 0;
+  std::jthread flood([&] {
+    const std::string chunk(64 * 1024, 'f');
+    while (flooding) {
+      if (::send(p.peer, chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) {
+        flood_error = errno;
+        return;
+      }
+    }
+  });
+  constexpr std::size_t cap = 256 * 1024;
+  const auto report = rn::sync_wait(ctx, rn::graceful_close(p.ours, {.drain_timeout = 30s, .max_drain_bytes = cap}));
+  CHECK(report.outcome == rn::close_outcome::drain_limit);
+  CHECK(report.bytes_drained > cap);
+  CHECK(report.bytes_drained <= cap + 1);
+  CHECK(report.reset_sent);
+  flood.join();  // its send fails once our RST arrives
+  CHECK((flood_error == ECONNRESET || flood_error == EPIPE));
+  ::close(p.peer);
+}
+
+TEST_CASE("drain: a peer reset is reported as reset; graceful_close as peer_reset") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  {
+    auto p = rn::sync_wait(ctx, make_pair(*l));
+    REQUIRE(test::write_all(p.peer, "some bytes"));
+    test::set_linger_rst(p.peer);
+    ::close(p.peer);
+    auto d = rn::sync_wait(ctx, rn::drain(p.ours, {.timeout = 10s}));
+    CHECK(d.outcome == rn::drain_outcome::reset);
+    CHECK(d.error == std::errc::connection_reset);
+    (void)rn::sync_wait(ctx, p.ours.close());
+  }
+  {
+    auto p = rn::sync_wait(ctx, make_pair(*l));
+    test::set_linger_rst(p.peer);
+    ::close(p.peer);
+    std::this_thread::sleep_for(10ms);
+    auto report = rn::sync_wait(ctx, rn::graceful_close(p.ours));
+    CHECK(report.outcome == rn::close_outcome::peer_reset);
+    CHECK_FALSE(report.reset_sent);
+    CHECK_FALSE(p.ours.is_open());
+  }
+}
+
+TEST_CASE("drain: exact max_bytes then FIN is eof; on_data sees every byte") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto p = rn::sync_wait(ctx, make_pair(*l));
+  const std::string data = test::pattern(100'000, 3);
+  REQUIRE(test::write_all(p.peer, data));
+  ::shutdown(p.peer, SHUT_WR);
+  std::string got;
+  std::array<std::byte, 1000> buf{};
+  auto d = rn::sync_wait(ctx, rn::drain(p.ours, {.timeout = 10s, .max_bytes = data.size(), .buffer = buf},
+                                        rn::never_stop_token{}, [&](rn::const_buffer b) {
+                                          got.append(reinterpret_cast<const char*>(b.data()), b.size());
+                                        }));
+  CHECK(d.outcome == rn::drain_outcome::eof);
+  CHECK(d.bytes == data.size());
+  CHECK(got == data);
+  (void)rn::sync_wait(ctx, p.ours.close());
+  ::close(p.peer);
+}
+
+TEST_CASE("graceful_close: a stop request aborts it, reported as canceled") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto p = rn::sync_wait(ctx, make_pair(*l));
+  std::stop_source stop;
+  std::jthread stopper([&] {
+    std::this_thread::sleep_for(50ms);
+    stop.request_stop();
+  });
+  auto report = rn::sync_wait(ctx, rn::graceful_close(p.ours, {.drain_timeout = 1h}, stop.get_token()));
+  CHECK(report.outcome == rn::close_outcome::canceled);
+  CHECK(report.reset_sent);
+  CHECK(report.elapsed < 30s);
+  ::close(p.peer);
+}
