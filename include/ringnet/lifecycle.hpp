@@ -128,13 +128,18 @@ template <stoppable_token Token = never_stop_token>
   auto finish = [&](close_outcome o, std::error_code ec) {
     report.outcome = o;
     report.error = ec;
+    if (o == close_outcome::clean) return;  // EOF was read: nothing can be queued after FIN
     if (auto unread = s.unread_bytes()) report.unread_at_close = *unread;
   };
-  auto shut = s.write_shut() ? result<void>{} : co_await s.shutdown_write(token, opts.shutdown);
-  if (!shut) {
+  if (token.stop_requested()) {  // asked to give up before we began: RST, not FIN then RST
+    finish(close_outcome::canceled, std::make_error_code(std::errc::operation_canceled));
+  } else if (auto shut = s.write_shut() ? result<void>{} : co_await s.shutdown_write(token, opts.shutdown);
+             !shut) {
     const bool reset = shut.error() == std::errc::not_connected ||
                        shut.error() == std::errc::connection_reset;
     finish(reset ? close_outcome::peer_reset : close_outcome::error, shut.error());
+  } else if (s.read_eof()) {
+    finish(close_outcome::clean, {});  // the peer finished first: nothing left to drain
   } else {
     const drain_result d = co_await drain(
         s, drain_options{opts.drain_timeout, opts.max_drain_bytes, opts.buffer}, token);

@@ -9,6 +9,8 @@
 #include <ringnet/lifecycle.hpp>
 #include <ringnet/listener.hpp>
 #include <ringnet/operation.hpp>
+#include <ringnet/server.hpp>
+#include <ringnet/signal.hpp>
 #include <ringnet/spawn.hpp>
 #include <ringnet/stop_token.hpp>
 #include <ringnet/stream.hpp>

@@ -135,6 +135,19 @@ class stream {
   }
   /// Whether shutdown_write() has sent our FIN.
   [[nodiscard]] bool write_shut() const noexcept { return st_.write_shut; }
+  /// Whether a recv returned 0 (the peer's FIN arrived).
+  [[nodiscard]] bool read_eof() const noexcept { return st_.read_eof; }
+
+  /// Cancels every operation in flight on the stream; each completes with operation_canceled
+  /// (without cancel-by-fd, kernels < 5.19, shutdown(SHUT_RDWR) wakes them instead, ending the
+  /// connection). Later operations are not affected.
+  void cancel() noexcept {
+    if (st_.fd < 0 || st_.ops == 0) return;
+    if (ctx_->supports(IORING_OP_SOCKET))  // cancel-by-fd came with the same kernel (5.19)
+      st_.owner->cancel_fd(st_.fd);
+    else
+      ::shutdown(st_.fd, SHUT_RDWR);
+  }
 
   /// Cancels every operation still in flight on the socket, waits for their completions (so no
   /// recv can land on a reused descriptor number), then closes with IORING_OP_CLOSE. FIN is sent,
@@ -143,10 +156,7 @@ class stream {
     if (st_.fd < 0) co_return result<void>{};
     if (st_.ops > 0) {
       st_.closing = true;
-      if (ctx_->supports(IORING_OP_SOCKET))  // cancel-by-fd came with the same kernel (5.19)
-        st_.owner->cancel_fd(st_.fd);
-      else
-        ::shutdown(st_.fd, SHUT_RDWR);  // wakes every pending op on the socket
+      cancel();
       co_await st_.idle(false);
     }
     const int fd = std::exchange(st_.fd, -1);

@@ -1,5 +1,6 @@
 // Per-thread recycling of coroutine frames, so a connection's tasks cost no malloc in steady
-// state. Frames are binned by size (64-byte classes up to 4 KiB); larger ones go to the heap.
+// state. Frames are binned in power-of-two classes from 64 B to 64 KiB (a frame may hold an I/O
+// buffer); larger ones go to the heap.
 // Under AddressSanitizer (or with RINGNET_NO_FRAME_POOL) frames come straight from the heap so
 // use-after-free in frames stays detectable.
 #pragma once
@@ -25,9 +26,9 @@ RINGNET_BEGIN_NAMESPACE
 namespace detail {
 
 class frame_pool {
-  static constexpr std::size_t granularity = 64;
-  static constexpr std::size_t classes = 64;        // frames up to 4 KiB are pooled
-  static constexpr std::size_t max_cached = 4096;   // per class: bursts do not pin memory forever
+  static constexpr std::size_t min_shift = 6;      // 64 B
+  static constexpr std::size_t classes = 11;       // ... 64 KiB
+  static constexpr std::size_t max_cached = 1024;  // per class: bursts do not pin memory forever
 
   struct block {
     block* next;
@@ -54,7 +55,7 @@ class frame_pool {
       --count_[c];
       return std::exchange(free_[c], free_[c]->next);
     }
-    return ::operator new(c < classes ? (c + 1) * granularity : n);
+    return ::operator new(c < classes ? std::size_t{1} << (c + min_shift) : n);
   }
 
   void deallocate(void* p, std::size_t n) noexcept {
@@ -69,7 +70,9 @@ class frame_pool {
 
  private:
   static constexpr std::size_t size_class(std::size_t n) noexcept {
-    return n == 0 ? 0 : (n - 1) / granularity;
+    std::size_t c = 0;
+    while ((std::size_t{1} << (c + min_shift)) < n && c < classes) ++c;
+    return c;
   }
   block* free_[classes] = {};
   std::size_t count_[classes] = {};

@@ -41,6 +41,7 @@ struct fd_state {
   bool waiting_for_sends = false;
   bool write_shut = false;  // our FIN is out
   bool closing = false;     // close() is cancelling what is in flight
+  bool read_eof = false;    // a recv returned 0: the peer's FIN arrived
 
   void op_done(bool was_send) noexcept {
     --ops;
@@ -65,10 +66,15 @@ struct fd_state {
   }
 };
 
-// Base of descriptors that count themselves in their socket's fd_state.
+// Base of descriptors that count themselves in their socket's fd_state. While close() waits for
+// the socket to go idle, new operations fail at once instead of keeping it busy.
 template <bool IsSend>
 struct tracked {
   fd_state* st;
+  std::optional<int> try_inline() const noexcept {
+    if (st->closing) return -ECANCELED;
+    return std::nullopt;
+  }
   void submitted() const noexcept {
     ++st->ops;
     if constexpr (IsSend) ++st->sends;
@@ -90,6 +96,7 @@ struct recv_op : tracked<false> {
     io_uring_prep_recv(sqe, st->fd, data, len, flags);
   }
   result<std::size_t> complete(int res, std::uint32_t) const noexcept {
+    if (res == 0 && len > 0 && !st->closing) st->read_eof = true;
     return size_result(closing_result(st, res));
   }
 };

@@ -1,0 +1,116 @@
+// ringnet-echo: the lifecycle echo server of the benchmark protocol (shared/PROTOCOL.md).
+//
+//   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N]
+//
+// Echoes every byte as it arrives; after the client's FIN it finishes sending, half-closes and
+// closes (nothing unread, so never an RST). SIGINT/SIGTERM: stop accepting, let connections
+// finish within the grace period, reset the rest, exit 0. With --threads N, N rings each with
+// their own SO_REUSEPORT listener (thread per core, shared nothing).
+#include <ringnet/ringnet.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "cli.hpp"
+
+namespace rn = ringnet;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* usage = "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N]";
+
+rn::task<void> echo(rn::stream& s, std::stop_token finish) {
+  std::array<std::byte, 16 * 1024> buf;
+  for (;;) {
+    auto n = co_await s.recv(buf, finish);
+    if (!n || *n == 0) co_return;  // EOF, error or shutdown: the server closes gracefully
+    if (!co_await s.send_all(rn::const_buffer(buf.data(), *n), finish)) co_return;
+  }
+}
+
+struct worker {
+  rn::io_context ctx;
+  rn::listener listener;
+  rn::connection_counters counters{};
+  rn::shutdown_report report{};
+};
+
+rn::task<void> serve(worker& w, std::stop_token quit, std::chrono::nanoseconds grace) {
+  rn::server srv(w.ctx, std::move(w.listener), echo);
+  rn::spawn(w.ctx, srv.run());
+  (void)co_await rn::sleep_for(w.ctx, std::chrono::hours(24 * 365 * 100), quit);  // until told
+  w.report = co_await srv.shutdown(grace);
+  w.counters = srv.counters();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<rn::endpoint> at;
+  double grace_s = 5;
+  double threads = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (auto v = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*v, usage);
+    else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
+    else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256);
+    else cli::usage_error(usage, std::string("unknown argument '") + argv[i] + "'");
+  }
+  if (!at) cli::usage_error(usage, "--listen is required");
+
+  try {
+    // Block the signals before any thread starts, so every thread inherits the mask.
+    rn::io_context signal_ctx;
+    rn::signal_set signals(signal_ctx, {SIGINT, SIGTERM});
+
+    std::vector<std::unique_ptr<worker>> workers;
+    const auto n = static_cast<int>(threads);
+    for (int i = 0; i < n; ++i) {
+      workers.push_back(std::make_unique<worker>());
+      // Created here, run on its own thread: the ring binds to the thread that first runs it.
+      auto l = rn::listener::bind(workers.back()->ctx, *at, {.backlog = 4096, .reuse_port = n > 1});
+      if (!l) {
+        std::fprintf(stderr, "error: cannot listen on %s: %s\n", at->to_string().c_str(),
+                     l.error().message().c_str());
+        return 1;
+      }
+      at = *l->local_endpoint();  // port 0: the others join the port the first one got
+      workers.back()->listener = std::move(*l);
+    }
+    std::printf("listening on %s\n", at->to_string().c_str());
+    std::fflush(stdout);
+
+    std::stop_source quit;
+    const auto grace = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s));
+    std::vector<std::jthread> threads_running;
+    for (auto& w : workers) {
+      threads_running.emplace_back([&w = *w, &quit, grace] {
+        rn::sync_wait(w.ctx, serve(w, quit.get_token(), grace));
+      });
+    }
+    const auto sig = rn::sync_wait(signal_ctx, signals.wait());
+    quit.request_stop();
+    threads_running.clear();  // joins: every worker finished its graceful shutdown
+
+    rn::shutdown_report total{};
+    rn::connection_counters c{};
+    for (auto& w : workers) {
+      total += w->report;
+      c += w->counters;
+    }
+    std::fprintf(stderr,
+                 "ringnet-echo: signal %d; shutdown: %zu finished, %zu reset, %zu errors; "
+                 "connections: %zu accepted, %zu clean, %zu peer reset, %zu drain timeout, "
+                 "%zu drain limit, %zu reset by us\n",
+                 sig ? *sig : 0, total.finished, total.aborted, total.errors, c.accepted, c.clean,
+                 c.peer_reset, c.drain_timeout, c.drain_limit, c.we_reset);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
