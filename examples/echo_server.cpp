@@ -24,7 +24,7 @@ namespace {
 
 constexpr const char* usage = "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N]";
 
-rn::task<void> echo(rn::stream& s, std::stop_token finish) {
+rn::task<void> echo(rn::stream& s, rn::inplace_stop_token finish) {
   std::array<std::byte, 16 * 1024> buf;
   for (;;) {
     auto n = co_await s.recv(buf, finish);
@@ -40,7 +40,7 @@ struct worker {
   rn::shutdown_report report{};
 };
 
-rn::task<void> serve(worker& w, std::stop_token quit, std::chrono::nanoseconds grace) {
+rn::task<void> serve(worker& w, rn::inplace_stop_token quit, std::chrono::nanoseconds grace) {
   rn::server srv(w.ctx, std::move(w.listener), echo);
   rn::spawn(w.ctx, srv.run());
   (void)co_await rn::sleep_for(w.ctx, std::chrono::hours(24 * 365 * 100), quit);  // until told
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     std::printf("listening on %s\n", at->to_string().c_str());
     std::fflush(stdout);
 
-    std::stop_source quit;
+    rn::inplace_stop_source quit;
     const auto grace = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s));
     std::vector<std::jthread> threads_running;
     for (auto& w : workers) {

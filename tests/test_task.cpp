@@ -150,13 +150,13 @@ TEST_CASE("when_any: the first wins, the losers are cancelled and awaited before
   test::fd_leak_check fds;
   rn::io_context ctx(test::context_options());
   int losers_finished = 0;
-  auto slow = [&](std::stop_token st) -> rn::task<int> {
+  auto slow = [&](rn::inplace_stop_token st) -> rn::task<int> {
     auto r = co_await rn::sleep_for(ctx, 1h, st);
     CHECK(r.error() == std::errc::operation_canceled);
     ++losers_finished;
     co_return 1;
   };
-  auto fast = [&](std::stop_token st) -> rn::task<int> {
+  auto fast = [&](rn::inplace_stop_token st) -> rn::task<int> {
     auto r = co_await rn::sleep_for(ctx, 20ms, st);
     CHECK(r.has_value());
     co_return 2;
@@ -169,7 +169,7 @@ TEST_CASE("when_any: the first wins, the losers are cancelled and awaited before
   CHECK(std::chrono::steady_clock::now() - t0 < 30s);
 
   // Plain awaitables work too (void → monostate).
-  auto r = rn::sync_wait(ctx, rn::when_any([&](std::stop_token st) { return rn::sleep_for(ctx, 1h, st); },
-                                           [&](std::stop_token st) { return rn::sleep_for(ctx, 1ms, st); }));
+  auto r = rn::sync_wait(ctx, rn::when_any([&](auto st) { return rn::sleep_for(ctx, 1h, st); },
+                                           [&](auto st) { return rn::sleep_for(ctx, 1ms, st); }));
   CHECK(r.index() == 1);
 }

@@ -8,6 +8,7 @@
 #include <ringnet/lifecycle.hpp>
 #include <ringnet/listener.hpp>
 #include <ringnet/spawn.hpp>
+#include <ringnet/stop_token.hpp>
 #include <ringnet/stream.hpp>
 #include <ringnet/task.hpp>
 #include <ringnet/timer.hpp>
@@ -16,7 +17,6 @@
 #include <chrono>
 #include <concepts>
 #include <cstddef>
-#include <stop_token>
 #include <utility>
 
 RINGNET_BEGIN_NAMESPACE
@@ -70,11 +70,11 @@ struct shutdown_report {
   }
 };
 
-/// Handler: task<void>(stream&, std::stop_token). The token asks it to finish (shutdown); when
+/// Handler: task<void>(stream&, inplace_stop_token). The token asks it to finish (shutdown); when
 /// it returns with the stream open, the server closes it gracefully. The server must outlive
 /// run() and be shut down (co_await shutdown()) before it is destroyed.
 template <class Handler>
-  requires std::invocable<Handler&, stream&, std::stop_token>
+  requires std::invocable<Handler&, stream&, inplace_stop_token>
 class server {
  public:
   server(io_context& ctx, listener l, Handler handler, server_options opts = {})
@@ -112,7 +112,7 @@ class server {
     shutting_down_ = true;
     listener_.close();  // a pending next() completes canceled: run() returns
     for (connection* c = head_; c; c = c->next) c->finish.request_stop();
-    std::stop_source all_done;
+    inplace_stop_source all_done;
     all_done_ = &all_done;
     if (busy_ > 0) (void)co_await sleep_until(*ctx_, deadline_, all_done.get_token());
     for (connection* c = head_; c; c = c->next) {  // grace expired: reset what is left
@@ -134,8 +134,8 @@ class server {
   struct connection {  // lives in its task's frame
     explicit connection(stream st) noexcept : s(std::move(st)) {}
     stream s;
-    std::stop_source finish;  // shutdown asks the handler to finish
-    std::stop_source abort;   // grace expired: give up, reset
+    inplace_stop_source finish;  // shutdown asks the handler to finish
+    inplace_stop_source abort;   // grace expired: give up, reset
     connection* prev = nullptr;
     connection* next = nullptr;
     bool closing = false;  // the handler returned; graceful_close runs
@@ -204,7 +204,7 @@ class server {
   std::size_t busy_ = 0;
   bool shutting_down_ = false;
   std::chrono::steady_clock::time_point deadline_{};
-  std::stop_source* all_done_ = nullptr;
+  inplace_stop_source* all_done_ = nullptr;
   connection_counters counters_;
   shutdown_report report_;
 };

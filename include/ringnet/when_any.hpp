@@ -4,6 +4,7 @@
 
 #include <ringnet/config.hpp>
 #include <ringnet/detail/join.hpp>
+#include <ringnet/stop_token.hpp>
 #include <ringnet/task.hpp>
 #include <ringnet/when_all.hpp>
 
@@ -11,7 +12,6 @@
 #include <exception>
 #include <functional>
 #include <optional>
-#include <stop_token>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -20,12 +20,12 @@
 RINGNET_BEGIN_NAMESPACE
 
 template <class F>
-using stoppable_result_t = await_result_t<std::invoke_result_t<F&, std::stop_token>>;
+using stoppable_result_t = await_result_t<std::invoke_result_t<F&, inplace_stop_token>>;
 
 namespace detail {
 template <class Result>
 struct race_state {
-  std::stop_source stop;
+  inplace_stop_source stop;
   std::atomic<bool> decided{false};
   std::optional<Result> winner;
   std::exception_ptr error;
@@ -57,7 +57,7 @@ join_child race_body(F f, race_state<Result>& st) {
 }
 }  // namespace detail
 
-/// Each argument is a callable taking a std::stop_token and returning an awaitable. The first
+/// Each argument is a callable taking an inplace_stop_token and returning an awaitable. The first
 /// to complete wins; the others see a stop request and when_any waits for them to finish. The
 /// result is a variant whose index() names the winner (std::monostate for void results).
 template <class... Fs>
