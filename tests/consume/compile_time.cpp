@@ -1,0 +1,2 @@
+// Only the umbrella header: run.sh times `-fsyntax-only` on this file.
+#include <ringnet/ringnet.hpp>
