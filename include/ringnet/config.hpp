@@ -6,12 +6,32 @@
 #define RINGNET_VERSION_MINOR 1
 #define RINGNET_VERSION_PATCH 0
 
+// Coroutine frames come from a per-thread pool (detail/frame_pool.hpp), except under
+// AddressSanitizer or with -DRINGNET_NO_FRAME_POOL, so use-after-free in frames stays detectable.
+#if defined(__SANITIZE_ADDRESS__)
+#define RINGNET_DETAIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RINGNET_DETAIL_ASAN 1
+#endif
+#endif
+#if !defined(RINGNET_NO_FRAME_POOL) && !defined(RINGNET_DETAIL_ASAN)
+#define RINGNET_DETAIL_FRAME_POOL 1
+#endif
+
 // Vendoring: build with -DRINGNET_NAMESPACE=myproxy_net so two copies of ringnet can live in one
-// binary. The versioned inline namespace keeps the ABI of two versions apart as well.
+// binary. The versioned inline namespace keeps the ABI of two versions apart as well, and of two
+// frame allocation schemes: a pooled frame must never be freed by an unpooled TU, or vice versa.
 #ifndef RINGNET_NAMESPACE
 #define RINGNET_NAMESPACE ringnet
 #endif
+#ifndef RINGNET_ABI_NAMESPACE
+#ifdef RINGNET_DETAIL_FRAME_POOL
 #define RINGNET_ABI_NAMESPACE v0_1
+#else
+#define RINGNET_ABI_NAMESPACE v0_1_nopool
+#endif
+#endif
 #define RINGNET_BEGIN_NAMESPACE                                                                    \
   namespace RINGNET_NAMESPACE {                                                                    \
   inline namespace RINGNET_ABI_NAMESPACE {

@@ -1,8 +1,6 @@
 // Per-thread recycling of coroutine frames, so a connection's tasks cost no malloc in steady
 // state. Frames are binned in power-of-two classes from 64 B to 64 KiB (a frame may hold an I/O
-// buffer); larger ones go to the heap.
-// Under AddressSanitizer (or with RINGNET_NO_FRAME_POOL) frames come straight from the heap so
-// use-after-free in frames stays detectable.
+// buffer); larger ones go to the heap. config.hpp decides whether the pool is used.
 #pragma once
 
 #include <ringnet/config.hpp>
@@ -10,17 +8,6 @@
 #include <cstddef>
 #include <new>
 #include <utility>
-
-#if defined(__SANITIZE_ADDRESS__)
-#define RINGNET_DETAIL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define RINGNET_DETAIL_ASAN 1
-#endif
-#endif
-#if !defined(RINGNET_NO_FRAME_POOL) && !defined(RINGNET_DETAIL_ASAN)
-#define RINGNET_DETAIL_FRAME_POOL 1
-#endif
 
 RINGNET_BEGIN_NAMESPACE
 namespace detail {
