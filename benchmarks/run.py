@@ -52,7 +52,10 @@ ECHO_PEERS = [
     ("epoll", "benchmarks/peers/bench-epoll-echo", []),
     ("asio-epoll", "benchmarks/peers/bench-asio-echo", []),
     ("asio-uring", "benchmarks/peers/bench-asio-uring-echo", []),
+    # measurement variants, run only when named in --peers
+    ("ringnet-shutdown-op", "examples/ringnet-echo", ["--shutdown", "io_uring"]),
 ]
+OPT_IN_PEERS = {"ringnet-shutdown-op"}
 ECHO_REF = "liburing"
 
 # name -> (kind, path or program, extra args); kind: build (relative to build dir), tool (on PATH)
@@ -427,7 +430,7 @@ class Runner:
     def echo_peers(self):
         peers = []
         for name, rel, extra in ECHO_PEERS:
-            if self.a.peers and name not in self.a.peers:
+            if not (name in self.a.peers if self.a.peers else name not in OPT_IN_PEERS):
                 continue
             path = self.build / rel
             if not (path.is_file() and os.access(path, os.X_OK)):

@@ -12,8 +12,13 @@
 
 namespace cli {
 
-[[noreturn]] inline void usage_error(const char* usage, const std::string& what) {
-  std::fprintf(stderr, "error: %s\nusage: %s\n", what.c_str(), usage);
+// "error: WHAT 'SUBJECT': DETAIL" and the usage line, exit status 2.
+[[noreturn]] inline void usage_error(const char* usage, std::string_view what,
+                                     std::string_view subject = {}, std::string_view detail = {}) {
+  std::fprintf(stderr, "error: %.*s", static_cast<int>(what.size()), what.data());
+  if (!subject.empty()) std::fprintf(stderr, " '%.*s'", static_cast<int>(subject.size()), subject.data());
+  if (!detail.empty()) std::fprintf(stderr, ": %.*s", static_cast<int>(detail.size()), detail.data());
+  std::fprintf(stderr, "\nusage: %s\n", usage);
   std::exit(2);
 }
 
@@ -23,7 +28,7 @@ inline std::optional<std::string_view> option(int argc, char** argv, int& i, std
   const std::string_view arg = argv[i];
   if (arg.substr(0, name.size()) != name) return std::nullopt;
   if (arg.size() == name.size()) {
-    if (i + 1 >= argc) usage_error(usage, std::string(name) + " needs a value");
+    if (i + 1 >= argc) usage_error(usage, "missing value for", name);
     return std::string_view(argv[++i]);
   }
   if (arg[name.size()] == '=') return arg.substr(name.size() + 1);
@@ -32,7 +37,7 @@ inline std::optional<std::string_view> option(int argc, char** argv, int& i, std
 
 inline ringnet::endpoint endpoint(std::string_view text, const char* usage) {
   auto ep = ringnet::endpoint::parse(text);
-  if (!ep) usage_error(usage, "bad address '" + std::string(text) + "': " + ep.error().message());
+  if (!ep) usage_error(usage, "bad address", text, ep.error().message());
   return *ep;
 }
 
@@ -40,7 +45,7 @@ inline double number(std::string_view text, const char* usage, double min, doubl
   double v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (ec != std::errc{} || end != text.data() + text.size() || v < min || v > max)
-    usage_error(usage, "bad number '" + std::string(text) + "'");
+    usage_error(usage, "bad number", text);
   return v;
 }
 

@@ -10,6 +10,7 @@
 
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -153,8 +154,9 @@ class endpoint {
     const void* addr = is_v6() ? static_cast<const void*>(&storage_.v6.sin6_addr)
                                : static_cast<const void*>(&storage_.v4.sin_addr);
     ::inet_ntop(family(), addr, buf, sizeof buf);
-    std::string out = is_v6() ? "[" + std::string(buf) + "]" : std::string(buf);
-    return out + ":" + std::to_string(port());
+    char out[INET6_ADDRSTRLEN + 16];
+    const int n = std::snprintf(out, sizeof out, is_v6() ? "[%s]:%u" : "%s:%u", buf, unsigned{port()});
+    return std::string(out, static_cast<std::size_t>(n));
   }
 
   friend bool operator==(const endpoint& a, const endpoint& b) noexcept {
