@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/join.hpp>
 #include <ringnet/detail/ring.hpp>
 #include <ringnet/io_context.hpp>
 #include <ringnet/task.hpp>
@@ -82,30 +83,6 @@ void spawn(io_context& ctx, Awaitable&& aw, ErrorSink on_error) {
                          detail::run_detached(std::forward<Awaitable>(aw), std::move(on_error)));
 }
 
-namespace detail {
-template <class T>
-struct sync_wait_state {
-  std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> value;
-  std::exception_ptr error;
-  bool done = false;
-};
-
-template <class Awaitable, class T>
-task<void> sync_wait_body(Awaitable aw, sync_wait_state<T>& st) {
-  try {
-    if constexpr (std::is_void_v<T>) {
-      co_await std::move(aw);
-      st.value.emplace();
-    } else {
-      st.value.emplace(co_await std::move(aw));
-    }
-  } catch (...) {
-    st.error = std::current_exception();
-  }
-  st.done = true;
-}
-}  // namespace detail
-
 /// Runs `ctx` on this thread until `aw` completes, then returns its result (or rethrows). Other
 /// work on the context keeps running meanwhile; stop() does not interrupt sync_wait.
 template <class Awaitable>
@@ -113,15 +90,15 @@ auto sync_wait(io_context& ctx, Awaitable&& aw) -> await_result_t<Awaitable> {
   using T = await_result_t<Awaitable>;
   using A = std::remove_cvref_t<Awaitable>;
   detail::ring& r = detail::ring_of(ctx);
-  detail::sync_wait_state<T> st;
-  task<void> body = detail::sync_wait_body<A, T>(A(std::forward<Awaitable>(aw)), st);
-  auto h = body.release();
-  r.post(h);
-  while (!st.done) r.run_turn(true);
-  h.destroy();
-  if (st.error) std::rethrow_exception(st.error);
+  detail::join_slot<T> slot;
+  detail::join_counter counter(1);  // a join of one, whose "parent" is this loop
+  detail::join_child child = detail::join_body<A, T>(A(std::forward<Awaitable>(aw)), slot);
+  child.coro.promise().counter = &counter;
+  r.post(child.coro);
+  while (counter.remaining.load(std::memory_order_acquire) > 1) r.run_turn(true);
+  if (slot.error) std::rethrow_exception(slot.error);
   r.rethrow_unhandled();
-  if constexpr (!std::is_void_v<T>) return std::move(*st.value);
+  if constexpr (!std::is_void_v<T>) return std::move(*slot.value);
 }
 
 RINGNET_END_NAMESPACE

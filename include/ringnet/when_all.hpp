@@ -14,31 +14,6 @@
 
 RINGNET_BEGIN_NAMESPACE
 
-namespace detail {
-template <class T>
-using non_void_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
-
-template <class T>
-struct join_slot {
-  std::optional<non_void_t<T>> value;
-  std::exception_ptr error;
-};
-
-template <class Awaitable, class T>
-join_child join_body(Awaitable aw, join_slot<T>& slot) {
-  try {
-    if constexpr (std::is_void_v<T>) {
-      co_await std::move(aw);
-      slot.value.emplace();
-    } else {
-      slot.value.emplace(co_await std::move(aw));
-    }
-  } catch (...) {
-    slot.error = std::current_exception();
-  }
-}
-}  // namespace detail
-
 /// Runs every awaitable concurrently (on the current thread, interleaved at suspension points)
 /// and returns a tuple of their results (std::monostate for void). If any threw, the first
 /// exception in argument order is rethrown after all have finished.

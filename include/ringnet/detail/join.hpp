@@ -1,5 +1,6 @@
-// Shared machinery of when_all / when_any: child coroutines that report to a join counter and
-// resume the parent (by symmetric transfer) when the last one finishes.
+// Shared machinery of when_all / when_any / sync_wait: child coroutines that store their result
+// in a slot, report to a join counter and resume the parent (by symmetric transfer) when the last
+// one finishes.
 #pragma once
 
 #include <ringnet/config.hpp>
@@ -9,8 +10,11 @@
 #include <coroutine>
 #include <cstddef>
 #include <exception>
+#include <optional>
+#include <type_traits>
 #include <tuple>
 #include <utility>
+#include <variant>
 
 RINGNET_BEGIN_NAMESPACE
 namespace detail {
@@ -75,6 +79,29 @@ struct join_all {
   }
   void await_resume() const noexcept {}
 };
+
+template <class T>
+using non_void_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+template <class T>
+struct join_slot {
+  std::optional<non_void_t<T>> value;
+  std::exception_ptr error;
+};
+
+template <class Awaitable, class T>
+join_child join_body(Awaitable aw, join_slot<T>& slot) {
+  try {
+    if constexpr (std::is_void_v<T>) {
+      co_await std::move(aw);
+      slot.value.emplace();
+    } else {
+      slot.value.emplace(co_await std::move(aw));
+    }
+  } catch (...) {
+    slot.error = std::current_exception();
+  }
+}
 
 }  // namespace detail
 RINGNET_END_NAMESPACE
