@@ -9,6 +9,7 @@
 #include <ringnet/lifecycle.hpp>
 #include <ringnet/listener.hpp>
 #include <ringnet/operation.hpp>
+#include <ringnet/relay.hpp>
 #include <ringnet/server.hpp>
 #include <ringnet/signal.hpp>
 #include <ringnet/spawn.hpp>

@@ -53,6 +53,11 @@ class stream;
 template <stoppable_token Token = never_stop_token>
 [[nodiscard]] task<result<stream>> connect(io_context& ctx, endpoint to, connect_options options = {},
                                            Token token = {});
+namespace detail {
+// For composed operations built on their own descriptors (the relay's splices): they must count
+// in the stream's in-flight bookkeeping like recv and send do.
+fd_state& state_of(stream& s) noexcept;
+}  // namespace detail
 
 class stream {
  public:
@@ -190,6 +195,7 @@ class stream {
  private:
   template <stoppable_token Token>
   friend task<result<stream>> connect(io_context&, endpoint, connect_options, Token);
+  friend detail::fd_state& detail::state_of(stream&) noexcept;
 
   static std::chrono::nanoseconds remaining(std::chrono::steady_clock::time_point deadline) noexcept {
     const auto left = deadline - std::chrono::steady_clock::now();
@@ -213,6 +219,9 @@ class stream {
   detail::fd_state st_;
 };
 
+namespace detail {
+inline fd_state& state_of(stream& s) noexcept { return s.st_; }
+}  // namespace detail
 
 /// Opens a socket (IORING_OP_SOCKET where supported) and connects it, bounded by
 /// options.timeout and `token`. Errors: connection_refused, timed_out, operation_canceled, ...

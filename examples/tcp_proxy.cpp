@@ -1,0 +1,134 @@
+// ringnet-proxy: a TCP proxy; every accepted connection is relayed to one upstream.
+//
+//   ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S]
+//                 [--grace S] [--buffer BYTES]
+//
+// Half-close is forwarded both ways (a client that sends its request and shuts down its write side
+// still gets the whole answer); a reset on either side resets the other; an upstream that refuses
+// or does not answer within 10 s resets the client. --idle-timeout 0 disables the idle timeout.
+// SIGINT/SIGTERM: stop accepting, let open connections finish within the grace period, reset the
+// rest, exit 0. Port 0 picks a free port; the first line of stdout says which.
+#include <ringnet/ringnet.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "cli.hpp"
+
+namespace rn = ringnet;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* usage =
+    "ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S] "
+    "[--grace S] [--buffer BYTES]";
+
+struct tally {
+  std::size_t relays = 0, clean = 0, reset = 0, timed_out = 0, stopped = 0, failed = 0;
+  std::size_t upstream_unreachable = 0;
+  std::uint64_t bytes_up = 0, bytes_down = 0;
+
+  void count(const rn::relay_result& r) noexcept {
+    ++relays;
+    bytes_up += r.a_to_b.bytes;
+    bytes_down += r.b_to_a.bytes;
+    const auto any = [&](auto... ends) {
+      return ((r.a_to_b.end == ends || r.b_to_a.end == ends) || ...);
+    };
+    if (r.clean()) ++clean;
+    else if (any(rn::relay_end::reset)) ++reset;
+    else if (any(rn::relay_end::idle_timeout, rn::relay_end::half_close_timeout)) ++timed_out;
+    else if (any(rn::relay_end::canceled)) ++stopped;
+    else ++failed;
+  }
+};
+
+// The server's connection handler. Generic in the stop token, which asks it to finish: the relay
+// then gives the connection stop_grace (the shutdown grace period) to end by itself.
+struct proxy {
+  rn::endpoint upstream;
+  rn::relay_options options;
+  tally* counts;
+
+  template <class Token>
+  rn::task<void> operator()(rn::stream& client, Token finish) const {
+    auto up = co_await rn::connect(client.context(), upstream, {.timeout = 10s, .nodelay = true}, finish);
+    if (!up) {
+      ++counts->upstream_unreachable;
+      (void)co_await client.abort();  // the client sees the failure as a reset, not as an empty answer
+      co_return;
+    }
+    counts->count(co_await rn::relay(client, *up, options, finish));
+  }
+};
+
+std::chrono::nanoseconds seconds(double s) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<rn::endpoint> at, upstream;
+  double grace_s = 5, idle_s = 600, buffer = 1 << 20;
+  rn::relay_path path = rn::relay_path::copy;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--splice") path = rn::relay_path::splice;
+    else if (arg == "--copy") path = rn::relay_path::copy;
+    else if (auto l = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*l, usage);
+    else if (auto u = cli::option(argc, argv, i, "--upstream", usage)) upstream = cli::endpoint(*u, usage);
+    else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
+    else if (auto t = cli::option(argc, argv, i, "--idle-timeout", usage)) idle_s = cli::number(*t, usage, 0, 1e7);
+    else if (auto b = cli::option(argc, argv, i, "--buffer", usage)) buffer = cli::number(*b, usage, 1, 1 << 30);
+    else cli::usage_error(usage, "unknown argument", argv[i]);
+  }
+  if (!at) cli::usage_error(usage, "--listen is required");
+  if (!upstream) cli::usage_error(usage, "--upstream is required");
+
+  try {
+    rn::io_context ctx;
+    rn::signal_set signals(ctx, {SIGINT, SIGTERM});
+    auto l = rn::listener::bind(ctx, *at, {.backlog = 4096});
+    if (!l) {
+      std::fprintf(stderr, "error: cannot listen on %s: %s\n", at->to_string().c_str(),
+                   l.error().message().c_str());
+      return 1;
+    }
+    std::printf("listening on %s\n", l->local_endpoint()->to_string().c_str());
+    std::fflush(stdout);
+
+    const auto grace = seconds(grace_s);
+    tally counts;
+    rn::relay_options options{
+        .path = path,
+        .buffer_size = static_cast<std::size_t>(buffer),
+        .idle_timeout = idle_s > 0 ? seconds(idle_s) : rn::no_timeout,
+        .stop_grace = grace,
+    };
+    rn::server srv(ctx, std::move(*l), proxy{*upstream, options, &counts});
+    auto body = [&]() -> rn::task<std::pair<int, rn::shutdown_report>> {
+      rn::spawn(ctx, srv.run());
+      const auto sig = co_await signals.wait();
+      co_return std::pair{sig ? *sig : 0, co_await srv.shutdown(grace)};
+    };
+    const auto [sig, report] = rn::sync_wait(ctx, body());
+    std::fprintf(stderr,
+                 "ringnet-proxy: signal %d; shutdown in %lld ms: %zu finished, %zu reset, %zu errors; "
+                 "relays: %zu, %zu clean, %zu reset, %zu timed out, %zu stopped, %zu failed; "
+                 "%zu upstream unreachable; %llu bytes up, %llu bytes down\n",
+                 sig, static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(report.elapsed).count()),
+                 report.finished, report.aborted, report.errors, counts.relays, counts.clean,
+                 counts.reset, counts.timed_out, counts.stopped, counts.failed,
+                 counts.upstream_unreachable, static_cast<unsigned long long>(counts.bytes_up),
+                 static_cast<unsigned long long>(counts.bytes_down));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,591 @@
+// relay: half-close forwarded each way, resets propagated each way, idle and half-close timeouts,
+// cancellation, 1 GiB verified through each data path, 1,000 relayed connections at once.
+// The peers are plain blocking sockets on their own threads (or ringnet servers for the crowd);
+// every case runs on both data paths and accounts for every descriptor.
+#include <fcntl.h>
+
+#include <functional>
+#include <thread>
+
+#include "tcp_support.hpp"
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool sanitized = true;
+#else
+constexpr bool sanitized = false;
+#endif
+#else
+constexpr bool sanitized = false;
+#endif
+
+constexpr rn::relay_path paths[] = {rn::relay_path::copy, rn::relay_path::splice};
+
+std::string name(rn::relay_path p) { return p == rn::relay_path::copy ? "copy" : "splice"; }
+
+// client (plain socket) ⇄ a [relay] b ⇄ upstream (plain socket)
+struct relayed {
+  rn::stream a;
+  rn::stream b;
+  int client = -1;
+  int upstream = -1;
+  relayed() = default;
+  relayed(const relayed&) = delete;
+  relayed& operator=(const relayed&) = delete;
+  relayed(relayed&& o) noexcept
+      : a(std::move(o.a)), b(std::move(o.b)), client(std::exchange(o.client, -1)),
+        upstream(std::exchange(o.upstream, -1)) {}
+  ~relayed() {
+    if (client >= 0) ::close(client);
+    if (upstream >= 0) ::close(upstream);
+  }
+};
+
+struct rig {
+  rn::io_context ctx{test::context_options()};
+  rn::listener front = *rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  test::raw_listener up;
+
+  relayed connect() {
+    relayed r;
+    r.client = test::raw_connect(*front.local_endpoint());
+    auto a = rn::sync_wait(ctx, front.accept());
+    REQUIRE(a);
+    r.a = std::move(*a);
+    auto b = rn::sync_wait(ctx, rn::connect(ctx, up.endpoint(), {.timeout = 10s}));
+    REQUIRE(b);
+    r.b = std::move(*b);
+    r.upstream = up.accept_one();
+    REQUIRE(r.upstream >= 0);
+    return r;
+  }
+};
+
+bool read_exactly(int fd, std::string& out, std::size_t n) {
+  out.resize(n);
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::recv(fd, out.data() + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    got += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+// After our RST a peer's next recv fails with ECONNRESET, or, if it had already read our FIN,
+// its send fails (EPIPE, URING_TCP_FACTS #23).
+bool saw_reset(int fd) {
+  char c;
+  for (;;) {
+    const ssize_t r = ::recv(fd, &c, 1, 0);
+    if (r > 0 || (r < 0 && errno == EINTR)) continue;
+    if (r < 0) return errno == ECONNRESET;
+    break;  // EOF first: the RST shows on send
+  }
+  for (int i = 0; i < 100; ++i) {
+    if (::send(fd, &c, 1, MSG_NOSIGNAL) < 0) return errno == EPIPE || errno == ECONNRESET;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
+// Runs the relay while another thread runs `script` and then waits for each peer to see the
+// reset that must end it, `after` the start (and within 2 s more).
+template <class Token = rn::never_stop_token>
+rn::relay_result relay_until_reset(rn::io_context& ctx, relayed& r, const rn::relay_options& o,
+                                   std::chrono::nanoseconds after,
+                                   const std::function<void()>& script = [] {}, Token token = {}) {
+  bool client_reset = false, upstream_reset = false;
+  std::jthread peers([&] {
+    script();
+    client_reset = saw_reset(r.client);
+    upstream_reset = saw_reset(r.upstream);
+  });
+  const auto res = rn::sync_wait(ctx, rn::relay(r.a, r.b, o, token));
+  peers.join();
+  CHECK(res.elapsed >= after);
+  CHECK(res.elapsed < after + 2s);
+  CHECK(client_reset);
+  CHECK(upstream_reset);
+  return res;
+}
+
+// A reproducible byte stream: the receiver regenerates what the sender sent and compares every
+// byte; both sides also fold the stream into a 64-bit checksum.
+class byte_stream {
+ public:
+  static constexpr std::size_t chunk = 256 * 1024;
+  explicit byte_stream(std::uint64_t seed) : x_(seed * 0x9E3779B97F4A7C15ull | 1), words_(chunk / 8) {
+    next();
+  }
+  const char* data() const { return reinterpret_cast<const char*>(words_.data()); }
+  void next() {
+    for (std::uint64_t& w : words_) {
+      x_ ^= x_ << 13;
+      x_ ^= x_ >> 7;
+      x_ ^= x_ << 17;
+      w = x_;
+      sum_ = (sum_ ^ w) * 0x100000001b3ull;
+    }
+  }
+  std::uint64_t checksum() const { return sum_; }
+
+ private:
+  std::uint64_t x_;
+  std::uint64_t sum_ = 0xcbf29ce484222325ull;
+  std::vector<std::uint64_t> words_;
+};
+
+struct bulk_result {
+  std::uint64_t bytes = 0;
+  std::uint64_t checksum = 0;
+  bool matched = true;
+  int error = 0;
+};
+
+// Sends `total` bytes of the stream, then FIN. `total` is a multiple of byte_stream::chunk.
+bulk_result send_stream(int fd, std::uint64_t total, std::uint64_t seed) {
+  bulk_result out;
+  byte_stream s(seed);
+  while (out.bytes < total) {
+    std::size_t off = 0;
+    while (off < byte_stream::chunk) {
+      const ssize_t n = ::send(fd, s.data() + off, byte_stream::chunk - off, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        out.error = errno;
+        return out;
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    out.bytes += byte_stream::chunk;
+    out.checksum = s.checksum();
+    s.next();
+  }
+  ::shutdown(fd, SHUT_WR);
+  return out;
+}
+
+// Reads to EOF, comparing against the regenerated stream.
+bulk_result recv_stream(int fd, std::uint64_t seed) {
+  bulk_result out;
+  byte_stream s(seed);
+  std::vector<char> buf(512 * 1024);
+  std::size_t pos = 0;  // within the current chunk
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      out.error = n < 0 ? errno : 0;
+      return out;
+    }
+    std::size_t used = 0;
+    while (used < static_cast<std::size_t>(n)) {
+      const std::size_t take = std::min(static_cast<std::size_t>(n) - used, byte_stream::chunk - pos);
+      if (std::memcmp(buf.data() + used, s.data() + pos, take) != 0) out.matched = false;
+      used += take;
+      pos += take;
+      out.bytes += take;
+      if (pos == byte_stream::chunk) {
+        out.checksum = s.checksum();
+        s.next();
+        pos = 0;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("relay: a half-close is forwarded each way; the half-closed side still gets the whole answer") {
+  for (const auto path : paths) {
+    for (const bool client_first : {true, false}) {
+      CAPTURE(name(path));
+      CAPTURE(client_first);
+      test::fd_leak_check fds;
+      rig g;
+      auto r = g.connect();
+      const int first = client_first ? r.client : r.upstream;  // sends, then FIN, then reads
+      const int second = client_first ? r.upstream : r.client;  // reads to EOF, then answers
+      const std::string question = test::pattern(100'000, 1);
+      const std::string answer = test::pattern(3'000'000, 2);
+      test::read_result first_got, second_got;
+      std::jthread asker([&] {
+        CHECK(test::write_all(first, question));
+        ::shutdown(first, SHUT_WR);
+        first_got = test::read_to_end(first);
+      });
+      std::jthread answerer([&] {
+        second_got = test::read_to_end(second);  // answers only after the forwarded EOF
+        CHECK(test::write_all(second, answer));
+        ::shutdown(second, SHUT_WR);
+      });
+      const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path}));
+      asker.join();
+      answerer.join();
+      CHECK(res.clean());
+      CHECK((client_first ? res.a_to_b : res.b_to_a).bytes == question.size());
+      CHECK((client_first ? res.b_to_a : res.a_to_b).bytes == answer.size());
+      CHECK(second_got.error == 0);
+      CHECK(second_got.data == question);
+      CHECK(first_got.error == 0);  // a clean EOF, no RST
+      CHECK(first_got.data == answer);
+      CHECK_FALSE(r.a.is_open());
+      CHECK_FALSE(r.b.is_open());
+    }
+  }
+}
+
+TEST_CASE("relay: a reset on one side resets the other, each way") {
+  for (const auto path : paths) {
+    for (const bool client_resets : {true, false}) {
+      CAPTURE(name(path));
+      CAPTURE(client_resets);
+      test::fd_leak_check fds;
+      rig g;
+      auto r = g.connect();
+      int& breaker = client_resets ? r.client : r.upstream;
+      int& victim = client_resets ? r.upstream : r.client;
+      bool victim_saw_reset = false;
+      std::string hello;
+      std::jthread peers([&] {
+        CHECK(test::write_all(breaker, "hello"));
+        CHECK(read_exactly(victim, hello, 5));  // the relay is moving bytes
+        test::set_linger_rst(breaker);
+        ::close(std::exchange(breaker, -1));
+        victim_saw_reset = saw_reset(victim);
+      });
+      const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path}));
+      peers.join();
+      CHECK(hello == "hello");
+      CHECK(victim_saw_reset);
+      CHECK_FALSE(res.clean());
+      const auto& broken = client_resets ? res.a_to_b : res.b_to_a;
+      const auto& other = client_resets ? res.b_to_a : res.a_to_b;
+      CHECK(broken.end == rn::relay_end::reset);
+      CHECK(broken.error == std::errc::connection_reset);
+      CHECK(other.end == rn::relay_end::aborted);
+      CHECK(broken.bytes == 5);
+    }
+  }
+}
+
+TEST_CASE("relay: an idle connection times out and both sides are reset") {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    auto r = g.connect();
+    const auto res = relay_until_reset(g.ctx, r, {.path = path, .idle_timeout = 300ms}, 300ms);
+    CHECK(res.a_to_b.end == rn::relay_end::idle_timeout);
+    CHECK(res.b_to_a.end == rn::relay_end::idle_timeout);
+  }
+}
+
+TEST_CASE("relay: a quiet side is not idle while the other streams; a stalled one is") {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    {  // a download: the client says nothing while the upstream trickles for 4 idle periods
+      auto r = g.connect();
+      test::read_result client_got;
+      std::jthread upstream([&] {
+        for (int i = 0; i < 16; ++i) {
+          CHECK(test::write_all(r.upstream, "tick"));
+          std::this_thread::sleep_for(50ms);
+        }
+        // then silence: the idle timeout ends it
+      });
+      std::jthread client([&] { client_got = test::read_to_end(r.client); });
+      const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path, .idle_timeout = 200ms}));
+      upstream.join();
+      client.join();
+      CHECK(res.elapsed >= 800ms);
+      CHECK(res.b_to_a.bytes == 64);
+      CHECK(res.b_to_a.end == rn::relay_end::idle_timeout);
+      CHECK(client_got.data.size() == 64);
+      CHECK(client_got.error == ECONNRESET);
+    }
+    {  // the client stops reading but keeps sending: the stalled direction times out
+      auto r = g.connect();
+      const auto give_up = std::chrono::steady_clock::now() + 10s;
+      int upstream_error = 0;
+      std::jthread upstream([&] {
+        test::bound_io_time(r.upstream, 5);
+        const std::string blob(64 * 1024, 'u');
+        std::string sink(64 * 1024, '\0');
+        // Sends until blocked (the client never reads), reading the client's stream meanwhile.
+        ::fcntl(r.upstream, F_SETFL, O_NONBLOCK);
+        while (std::chrono::steady_clock::now() < give_up) {
+          const ssize_t w = ::send(r.upstream, blob.data(), blob.size(), MSG_NOSIGNAL);
+          const int send_errno = errno;
+          if (w < 0 && send_errno != EAGAIN) {
+            upstream_error = send_errno;
+            break;
+          }
+          const ssize_t n = ::recv(r.upstream, sink.data(), sink.size(), 0);
+          const int recv_errno = errno;
+          if (n == 0 || (n < 0 && recv_errno != EAGAIN)) {
+            upstream_error = n == 0 ? -1 : recv_errno;
+            break;
+          }
+          if (w < 0 && n < 0) std::this_thread::sleep_for(1ms);
+        }
+      });
+      std::jthread client([&] {
+        const std::string ping(1024, 'c');
+        while (std::chrono::steady_clock::now() < give_up &&
+               ::send(r.client, ping.data(), ping.size(), MSG_NOSIGNAL) > 0)
+          std::this_thread::sleep_for(20ms);
+      });
+      const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path, .buffer_size = 64 * 1024, .idle_timeout = 300ms}));
+      upstream.join();
+      client.join();
+      CHECK(res.b_to_a.end == rn::relay_end::idle_timeout);
+      CHECK(res.a_to_b.bytes > 0);
+      CHECK(res.elapsed < 300ms + 3s);
+      INFO("upstream_error " << upstream_error);
+      CHECK((upstream_error == ECONNRESET || upstream_error == EPIPE));
+    }
+  }
+}
+
+TEST_CASE("relay: the half-close timeout bounds how long the other direction stays open") {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    auto r = g.connect();
+    test::read_result upstream_got;
+    const auto res = relay_until_reset(
+        g.ctx, r, {.path = path, .idle_timeout = 30s, .half_close_timeout = 300ms}, 300ms, [&] {
+          CHECK(test::write_all(r.client, "request"));
+          ::shutdown(r.client, SHUT_WR);
+          upstream_got = test::read_to_end(r.upstream);  // then never answers, never closes
+        });
+    CHECK(upstream_got.data == "request");
+    CHECK(upstream_got.error == 0);
+    CHECK(res.a_to_b.end == rn::relay_end::eof);
+    CHECK(res.b_to_a.end == rn::relay_end::half_close_timeout);
+  }
+}
+
+TEST_CASE("relay: a stop from another thread ends a busy relay at once and resets both sides") {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    auto r = g.connect();
+    std::stop_source stop;
+    bulk_result sent_up, sent_down;
+    bulk_result got_up, got_down;
+    // Both directions stream (far more than fits in 200 ms) when the stop comes.
+    std::jthread c_send([&] { sent_up = send_stream(r.client, std::uint64_t{1} << 40, 11); });
+    std::jthread u_recv([&] { got_up = recv_stream(r.upstream, 11); });
+    std::jthread u_send([&] { sent_down = send_stream(r.upstream, std::uint64_t{1} << 40, 12); });
+    std::jthread c_recv([&] { got_down = recv_stream(r.client, 12); });
+    std::jthread stopper([&] {
+      std::this_thread::sleep_for(200ms);
+      stop.request_stop();
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path}, stop.get_token()));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    for (auto* t : {&c_send, &u_recv, &u_send, &c_recv, &stopper}) t->join();
+    CHECK(res.a_to_b.end == rn::relay_end::canceled);
+    CHECK(res.b_to_a.end == rn::relay_end::canceled);
+    CHECK(took < 200ms + 2s);
+    CHECK(res.a_to_b.bytes > 0);
+    CHECK(res.b_to_a.bytes > 0);
+    // What got through was intact; then each peer saw the reset.
+    CHECK(got_up.matched);
+    CHECK(got_down.matched);
+    // A reset drops what still sat in the relay's socket send queues.
+    CHECK(got_up.bytes <= res.a_to_b.bytes);
+    CHECK(got_down.bytes <= res.b_to_a.bytes);
+    // Each peer's socket reports the reset once, to its reading or its writing thread.
+    CHECK((got_up.error == ECONNRESET || sent_down.error == ECONNRESET));
+    CHECK((got_down.error == ECONNRESET || sent_up.error == ECONNRESET));
+    CHECK((sent_up.error == ECONNRESET || sent_up.error == EPIPE));
+    CHECK((sent_down.error == ECONNRESET || sent_down.error == EPIPE));
+    MESSAGE(name(path) << ": stopped after " << res.a_to_b.bytes << " + " << res.b_to_a.bytes
+                       << " bytes in " << test::ms(took) << " ms");
+  }
+}
+
+TEST_CASE("relay: with stop_grace a stopped connection may still finish cleanly") {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    {  // stop requested before the relay starts, no grace: reset at once
+      auto r = g.connect();
+      std::stop_source stop;
+      stop.request_stop();
+      const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path}, stop.get_token()));
+      CHECK(res.a_to_b.end == rn::relay_end::canceled);
+      CHECK(res.b_to_a.end == rn::relay_end::canceled);
+      CHECK(saw_reset(r.client));
+      CHECK(saw_reset(r.upstream));
+    }
+    {  // the answer comes within the grace period
+      auto r = g.connect();
+      rn::inplace_stop_source stop;
+      test::read_result client_got;
+      std::jthread client([&] {
+        CHECK(test::write_all(r.client, "question"));
+        ::shutdown(r.client, SHUT_WR);
+        client_got = test::read_to_end(r.client);
+      });
+      std::jthread upstream([&] {
+        (void)test::read_to_end(r.upstream);
+        std::this_thread::sleep_for(300ms);  // the stop comes meanwhile
+        CHECK(test::write_all(r.upstream, "answer"));
+        ::shutdown(r.upstream, SHUT_WR);
+      });
+      std::jthread stopper([&] {
+        std::this_thread::sleep_for(100ms);
+        stop.request_stop();
+      });
+      const auto res = rn::sync_wait(
+          g.ctx, rn::relay(r.a, r.b, {.path = path, .stop_grace = 5s}, stop.get_token()));
+      client.join();
+      upstream.join();
+      stopper.join();
+      CHECK(res.clean());
+      CHECK(res.elapsed < 2s);
+      CHECK(client_got.data == "answer");
+      CHECK(client_got.error == 0);
+    }
+    {  // the grace period runs out
+      auto r = g.connect();
+      std::stop_source stop;
+      stop.request_stop();
+      const auto res = relay_until_reset(g.ctx, r, {.path = path, .stop_grace = 300ms}, 300ms, [] {},
+                                         stop.get_token());
+      CHECK(res.a_to_b.end == rn::relay_end::canceled);
+      CHECK(res.b_to_a.end == rn::relay_end::canceled);
+    }
+  }
+}
+
+TEST_CASE("relay: 1 GiB each way through each data path, every byte verified") {
+  // Sanitizers slow the verifying peers (not the relay) by an order of magnitude.
+  const std::uint64_t total = sanitized ? std::uint64_t{64} << 20 : std::uint64_t{1} << 30;
+  if (sanitized) MESSAGE("sanitizer build: 64 MiB each way instead of 1 GiB");
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    auto r = g.connect();
+    bulk_result sent_up, sent_down, got_up, got_down;
+    std::jthread c_send([&] { sent_up = send_stream(r.client, total, 21); });
+    std::jthread u_recv([&] { got_up = recv_stream(r.upstream, 21); });
+    std::jthread u_send([&] { sent_down = send_stream(r.upstream, total, 22); });
+    std::jthread c_recv([&] { got_down = recv_stream(r.client, 22); });
+    const auto res = rn::sync_wait(g.ctx, rn::relay(r.a, r.b, {.path = path}));
+    for (auto* t : {&c_send, &u_recv, &u_send, &c_recv}) t->join();
+    CHECK(res.clean());
+    CHECK(res.a_to_b.bytes == total);
+    CHECK(res.b_to_a.bytes == total);
+    for (const bulk_result* b : {&sent_up, &sent_down, &got_up, &got_down}) {
+      CHECK(b->error == 0);
+      CHECK(b->bytes == total);
+      CHECK(b->matched);
+    }
+    CHECK(got_up.checksum == sent_up.checksum);
+    CHECK(got_down.checksum == sent_down.checksum);
+    const double secs = std::chrono::duration<double>(res.elapsed).count();
+    MESSAGE(name(path) << ": " << (2 * total >> 20) << " MiB relayed in " << test::ms(res.elapsed)
+                       << " ms (" << 2.0 * static_cast<double>(total) / secs / 1e9
+                       << " GB/s both ways together), checksums " << got_up.checksum
+                       << " / " << got_down.checksum);
+  }
+}
+
+TEST_CASE("relay: 1,000 concurrent relayed connections through rn::server, every byte verified") {
+  constexpr int n = 1000;
+  test::raise_fd_limit(8 * n + 512);
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options(1024));
+    auto up_l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0), {.backlog = 4096});
+    auto front_l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0), {.backlog = 4096});
+    REQUIRE(up_l);
+    REQUIRE(front_l);
+    const rn::endpoint up_ep = *up_l->local_endpoint();
+    const rn::endpoint front_ep = *front_l->local_endpoint();
+
+    auto echo = [](rn::stream& s, auto finish) -> rn::task<void> {
+      std::array<char, 8192> buf;
+      for (;;) {
+        auto got = co_await s.recv(rn::buffer(buf), finish);
+        if (!got || *got == 0) co_return;  // the server closes gracefully
+        if (!co_await s.send_all(rn::const_buffer(rn::buffer(buf).first(*got)), finish)) co_return;
+      }
+    };
+    rn::server upstream(ctx, std::move(*up_l), echo);
+
+    int relays_clean = 0, relays_other = 0, connect_failed = 0;
+    auto proxy = [&](rn::stream& s, auto finish) -> rn::task<void> {
+      auto up = co_await rn::connect(ctx, up_ep, {.timeout = 30s, .nodelay = true}, finish);
+      if (!up) {
+        ++connect_failed;
+        co_return;
+      }
+      const auto res = co_await rn::relay(
+          s, *up, {.path = path, .buffer_size = 64 * 1024, .idle_timeout = 30s}, finish);
+      ++(res.clean() ? relays_clean : relays_other);
+    };
+    rn::server front(ctx, std::move(*front_l), proxy);
+
+    int done = 0, verified = 0;
+    auto client = [&](int i) -> rn::task<void> {
+      const std::string msg = test::pattern(16 * 1024, static_cast<std::uint32_t>(i));
+      auto s = co_await rn::connect(ctx, front_ep, {.timeout = 30s});
+      if (s) {
+        auto sent = co_await s->send_all(rn::buffer(msg));
+        auto shut = co_await s->shutdown_write();
+        std::string back;
+        std::array<char, 8192> buf;
+        while (sent && shut) {
+          auto got = co_await s->recv(rn::buffer(buf), rn::never_stop_token{}, 30s);
+          if (!got || *got == 0) break;
+          back.append(buf.data(), *got);
+        }
+        if (back == msg) ++verified;
+        (void)co_await s->close();
+      }
+      ++done;
+    };
+
+    const auto t0 = std::chrono::steady_clock::now();
+    auto body = [&]() -> rn::task<void> {
+      rn::spawn(ctx, upstream.run());
+      rn::spawn(ctx, front.run());
+      for (int i = 0; i < n; ++i) rn::spawn(ctx, client(i));
+      for (int i = 0; i < 12'000 && (done < n || relays_clean + relays_other < n); ++i)  // ≤ 60 s
+        (void)co_await rn::sleep_for(ctx, 5ms);
+      (void)co_await front.shutdown(1s);
+      (void)co_await upstream.shutdown(1s);
+    };
+    rn::sync_wait(ctx, body());
+    ctx.run();
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(done == n);
+    CHECK(verified == n);
+    CHECK(relays_clean == n);
+    CHECK(relays_other == 0);
+    CHECK(connect_failed == 0);
+    MESSAGE(name(path) << ": " << n << " concurrent relayed connections, " << verified
+                       << " echoes verified, " << relays_clean << " relays clean, in "
+                       << test::ms(took) << " ms");
+  }
+}
