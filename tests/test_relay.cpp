@@ -4,6 +4,7 @@
 // every case runs on both data paths and accounts for every descriptor.
 #include <fcntl.h>
 
+#include <filesystem>
 #include <functional>
 #include <thread>
 
@@ -64,6 +65,17 @@ struct rig {
     return r;
   }
 };
+
+// Runs body(path, rig) once per data path, each with its own context and descriptor count.
+template <class Body>
+void on_each_path(Body body) {
+  for (const auto path : paths) {
+    CAPTURE(name(path));
+    test::fd_leak_check fds;
+    rig g;
+    body(path, g);
+  }
+}
 
 bool read_exactly(int fd, std::string& out, std::size_t n) {
   out.resize(n);
@@ -276,22 +288,16 @@ TEST_CASE("relay: a reset on one side resets the other, each way") {
 }
 
 TEST_CASE("relay: an idle connection times out and both sides are reset") {
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     auto r = g.connect();
     const auto res = relay_until_reset(g.ctx, r, {.path = path, .idle_timeout = 300ms}, 300ms);
     CHECK(res.a_to_b.end == rn::relay_end::idle_timeout);
     CHECK(res.b_to_a.end == rn::relay_end::idle_timeout);
-  }
+  });
 }
 
 TEST_CASE("relay: a quiet side is not idle while the other streams; a stalled one is") {
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     {  // a download: the client says nothing while the upstream trickles for 4 idle periods
       auto r = g.connect();
       test::read_result client_got;
@@ -353,14 +359,11 @@ TEST_CASE("relay: a quiet side is not idle while the other streams; a stalled on
       INFO("upstream_error " << upstream_error);
       CHECK((upstream_error == ECONNRESET || upstream_error == EPIPE));
     }
-  }
+  });
 }
 
 TEST_CASE("relay: the half-close timeout bounds how long the other direction stays open") {
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     auto r = g.connect();
     test::read_result upstream_got;
     const auto res = relay_until_reset(
@@ -373,14 +376,11 @@ TEST_CASE("relay: the half-close timeout bounds how long the other direction sta
     CHECK(upstream_got.error == 0);
     CHECK(res.a_to_b.end == rn::relay_end::eof);
     CHECK(res.b_to_a.end == rn::relay_end::half_close_timeout);
-  }
+  });
 }
 
 TEST_CASE("relay: a stop from another thread ends a busy relay at once and resets both sides") {
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     auto r = g.connect();
     std::stop_source stop;
     bulk_result sent_up, sent_down;
@@ -416,14 +416,11 @@ TEST_CASE("relay: a stop from another thread ends a busy relay at once and reset
     CHECK((sent_down.error == ECONNRESET || sent_down.error == EPIPE));
     MESSAGE(name(path) << ": stopped after " << res.a_to_b.bytes << " + " << res.b_to_a.bytes
                        << " bytes in " << test::ms(took) << " ms");
-  }
+  });
 }
 
 TEST_CASE("relay: with stop_grace a stopped connection may still finish cleanly") {
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     {  // stop requested before the relay starts, no grace: reset at once
       auto r = g.connect();
       std::stop_source stop;
@@ -472,17 +469,71 @@ TEST_CASE("relay: with stop_grace a stopped connection may still finish cleanly"
       CHECK(res.a_to_b.end == rn::relay_end::canceled);
       CHECK(res.b_to_a.end == rn::relay_end::canceled);
     }
-  }
+  });
+}
+
+TEST_CASE("relay: cancelling a stream (rn::server after its grace period) ends the relay") {
+  on_each_path([&](rn::relay_path path, rig& g) {
+    auto r = g.connect();
+    auto cancel_later = [](rn::io_context& ctx, rn::stream& s) -> rn::task<void> {
+      (void)co_await rn::sleep_for(ctx, 100ms);
+      s.cancel();  // cancel-by-fd: it must reach a relay waiting for data on either path
+    };
+    auto body = [&]() -> rn::task<rn::relay_result> {
+      rn::spawn(g.ctx, cancel_later(g.ctx, r.a));
+      co_return co_await rn::relay(r.a, r.b, {.path = path, .idle_timeout = 3s});
+    };
+    const auto res = rn::sync_wait(g.ctx, body());
+    if (g.ctx.supports(IORING_OP_SOCKET)) {  // cancel-by-fd came with the same kernel (5.19)
+      CHECK(res.a_to_b.end == rn::relay_end::canceled);
+      CHECK(res.b_to_a.end == rn::relay_end::aborted);
+      CHECK(res.elapsed < 100ms + 2s);
+    } else {  // stream::cancel() is shutdown(SHUT_RDWR) there: it reads as the client's EOF
+      CHECK(res.a_to_b.end == rn::relay_end::eof);
+      CHECK(res.b_to_a.end == rn::relay_end::idle_timeout);
+    }
+    CHECK(saw_reset(r.client));
+    CHECK(saw_reset(r.upstream));
+  });
+}
+
+TEST_CASE("relay: idle spliced connections hold no io-wq kernel thread") {
+  constexpr int n = 200;
+  test::raise_fd_limit(8 * n + 512);
+  test::fd_leak_check fds;
+  rig g;
+  std::vector<relayed> conns;
+  for (int i = 0; i < n; ++i) conns.push_back(g.connect());
+  const auto threads = [] {
+    int t = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) t += e.exists();
+    return t;
+  };
+  const int before = threads();
+  rn::inplace_stop_source stop;
+  int ended = 0, during = 0;
+  auto one = [&](relayed& c) -> rn::task<void> {
+    (void)co_await rn::relay(c.a, c.b, {.path = rn::relay_path::splice}, stop.get_token());
+    ++ended;
+  };
+  auto body = [&]() -> rn::task<void> {
+    for (relayed& c : conns) rn::spawn(g.ctx, one(c));
+    (void)co_await rn::sleep_for(g.ctx, 300ms);  // every relay is waiting for data
+    during = threads();
+    stop.request_stop();
+    for (int i = 0; i < 1000 && ended < n; ++i) (void)co_await rn::sleep_for(g.ctx, 5ms);
+  };
+  rn::sync_wait(g.ctx, body());
+  CHECK(ended == n);
+  CHECK(during - before < 8);
+  MESSAGE(n << " idle spliced relays: " << during - before << " extra threads");
 }
 
 TEST_CASE("relay: 1 GiB each way through each data path, every byte verified") {
   // Sanitizers slow the verifying peers (not the relay) by an order of magnitude.
   const std::uint64_t total = sanitized ? std::uint64_t{64} << 20 : std::uint64_t{1} << 30;
   if (sanitized) MESSAGE("sanitizer build: 64 MiB each way instead of 1 GiB");
-  for (const auto path : paths) {
-    CAPTURE(name(path));
-    test::fd_leak_check fds;
-    rig g;
+  on_each_path([&](rn::relay_path path, rig& g) {
     auto r = g.connect();
     bulk_result sent_up, sent_down, got_up, got_down;
     std::jthread c_send([&] { sent_up = send_stream(r.client, total, 21); });
@@ -506,7 +557,7 @@ TEST_CASE("relay: 1 GiB each way through each data path, every byte verified") {
                        << " ms (" << 2.0 * static_cast<double>(total) / secs / 1e9
                        << " GB/s both ways together), checksums " << got_up.checksum
                        << " / " << got_down.checksum);
-  }
+  });
 }
 
 TEST_CASE("relay: 1,000 concurrent relayed connections through rn::server, every byte verified") {

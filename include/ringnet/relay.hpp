@@ -291,12 +291,21 @@ class relay_core : completion {
     co_await forward_eof(f);
   }
 
-  // Alternates socket → pipe and pipe → socket: a splice waiting for socket data holds the pipe's
-  // lock, so overlapping the two would stall the drain behind the next read.
+  // Alternates socket → pipe and pipe → socket, never both at once: a socket → pipe splice holds
+  // the pipe's lock while it runs. It runs only once data is queued (readable_op says why).
   task<void> splice_flow(relay_flow& f) {
     fd_state& src = state_of(*f.src);
     fd_state& dst = state_of(*f.dst);
     for (;;) {
+      if (auto queued = f.src->unread_bytes(); !queued || *queued == 0) {
+        auto ready = co_await operation<readable_op, inplace_stop_token>(*ctx_, readable_op{{&src}},
+                                                                         abort_.get_token());
+        if (aborting_) co_return;
+        if (!ready) {
+          fail(f, ready.error());
+          co_return;
+        }
+      }
       auto in = co_await operation<splice_op<false>, inplace_stop_token>(
           *ctx_, splice_op<false>{{&src}, f.pipe.write_fd(), f.pipe.capacity()}, abort_.get_token());
       if (aborting_) co_return;

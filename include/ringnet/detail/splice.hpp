@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <climits>
@@ -39,6 +40,17 @@ struct splice_op : tracked<ToSocket> {
     }
     return size_result(closing_result(this->st, res));
   }
+};
+
+// Until the socket has something to read (data, FIN or an error). The relay waits here rather than
+// in a socket → pipe splice: that splice would wait in an io-wq worker (a kernel thread per idle
+// connection), and the kernel files it under the pipe, so cancel-by-fd on the socket
+// (stream::cancel()) would not reach it. After this, the splice finds data queued and returns.
+struct readable_op : tracked<false> {
+  void prepare(io_uring_sqe* sqe) const noexcept {
+    io_uring_prep_poll_add(sqe, st->fd, POLLIN | POLLRDHUP);
+  }
+  static result<void> complete(int res, std::uint32_t) noexcept { return void_result(res < 0 ? res : 0); }
 };
 
 // A pipe sized for one relay direction. Moving data through it never takes its lock twice at once:
