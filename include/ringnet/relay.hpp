@@ -43,7 +43,8 @@ enum class relay_path {
   /// default: with large buffers it measured faster here than splice.
   copy,
   /// socket → pipe → socket with IORING_OP_SPLICE: no copy through user space, but every splice
-  /// runs (and waits for data) in an io-wq kernel thread. Copy where the kernel lacks SPLICE.
+  /// is handed to an io-wq kernel thread (one waiting for data is not: the relay polls first).
+  /// Copy where the kernel lacks SPLICE.
   splice,
 };
 
