@@ -55,14 +55,16 @@ struct proxy {
   tally* counts;
 
   template <class Token>
-  rn::task<void> operator()(rn::stream& client, Token finish) const {
+  rn::task<rn::close_outcome> operator()(rn::stream& client, Token finish) const {
     auto up = co_await rn::connect(client.context(), upstream, {.timeout = 10s, .nodelay = true}, finish);
     if (!up) {
       ++counts->upstream_unreachable;
       (void)co_await client.abort();  // the client sees the failure as a reset, not as an empty answer
-      co_return;
+      co_return rn::close_outcome::error;
     }
-    counts->count(co_await rn::relay(client, *up, options, finish));
+    const rn::relay_result r = co_await rn::relay(client, *up, options, finish);
+    counts->count(r);
+    co_return r.outcome();
   }
 };
 

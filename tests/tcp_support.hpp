@@ -137,8 +137,10 @@ enum class tcp_state { established = 1, syn_sent = 2, fin_wait1 = 4, time_wait =
 
 enum class port_side { local, remote };
 
-// Sockets in /proc/net/tcp{,6} whose local or remote port is `port` (optionally in `state`).
-inline int sockets_on_port(std::uint16_t port, port_side side, int state = 0) {
+// Sockets in /proc/net/tcp{,6} whose local or remote port is `port` (optionally in `state`),
+// and (optionally) whose other end is on port `peer_port`.
+inline int sockets_on_port(std::uint16_t port, port_side side, int state = 0,
+                           std::uint16_t peer_port = 0) {
   int n = 0;
   for (const char* file : {"/proc/net/tcp", "/proc/net/tcp6"}) {
     std::ifstream in(file);
@@ -148,19 +150,24 @@ inline int sockets_on_port(std::uint16_t port, port_side side, int state = 0) {
       std::istringstream ls(line);
       std::string slot, local, remote, st;
       ls >> slot >> local >> remote >> st;
-      const std::string& addr = side == port_side::local ? local : remote;
-      const auto colon = addr.rfind(':');
-      if (colon == std::string::npos) continue;
-      const unsigned long p = std::stoul(addr.substr(colon + 1), nullptr, 16);
+      const auto port_of = [](const std::string& addr) {
+        const auto colon = addr.rfind(':');
+        return colon == std::string::npos ? 0ul : std::stoul(addr.substr(colon + 1), nullptr, 16);
+      };
+      const bool local_side = side == port_side::local;
+      const unsigned long p = port_of(local_side ? local : remote);
+      const unsigned long other = port_of(local_side ? remote : local);
       const unsigned long s = std::stoul(st, nullptr, 16);
-      if (p == port && (state == 0 || static_cast<int>(s) == state)) ++n;
+      if (p == port && (state == 0 || static_cast<int>(s) == state) && (peer_port == 0 || other == peer_port))
+        ++n;
     }
   }
   return n;
 }
 
-inline int sockets_on_port(std::uint16_t port, port_side side, tcp_state state) {
-  return sockets_on_port(port, side, static_cast<int>(state));
+inline int sockets_on_port(std::uint16_t port, port_side side, tcp_state state,
+                           std::uint16_t peer_port = 0) {
+  return sockets_on_port(port, side, static_cast<int>(state), peer_port);
 }
 
 // Raises RLIMIT_NOFILE to at least `want` if allowed; returns the soft limit now in force.

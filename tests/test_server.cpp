@@ -156,3 +156,31 @@ TEST_CASE("server: counts how connections ended before any shutdown, and handler
   CHECK(c.clean + c.peer_reset == 4);
   CHECK(c.peer_reset >= 1);
 }
+
+TEST_CASE("server: a handler that closes the stream itself may say how it ended") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto resets = [](rn::stream& s, rn::inplace_stop_token) -> rn::task<rn::close_outcome> {
+    (void)co_await s.abort();
+    co_return rn::close_outcome::canceled;
+  };
+  rn::server srv(ctx, std::move(*l), resets);
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  std::jthread client([&] {
+    const int fd = test::raw_connect(ep);
+    CHECK(test::read_to_end(fd).error == ECONNRESET);
+    ::close(fd);
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 5000 && srv.counters().we_reset == 0; ++i)
+      CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  client.join();
+  CHECK(srv.counters().we_reset == 1);
+  CHECK(srv.counters().closed_by_handler == 0);
+}

@@ -292,6 +292,10 @@ TEST_CASE("listener: port 0 reports the bound port; SO_REUSEADDR re-binds over T
   CHECK(port != 0);
   // A connection that the server closes first leaves TIME_WAIT on the server's port.
   const int client = test::raw_connect(rn::endpoint::loopback_v4(port));
+  sockaddr_in client_addr{};
+  socklen_t client_len = sizeof client_addr;
+  ::getsockname(client, reinterpret_cast<sockaddr*>(&client_addr), &client_len);
+  const std::uint16_t client_port = ntohs(client_addr.sin_port);
   auto closed_first = [&]() -> rn::task<void> {
     auto s = co_await l->accept();
     REQUIRE(s);
@@ -300,9 +304,11 @@ TEST_CASE("listener: port 0 reports the bound port; SO_REUSEADDR re-binds over T
   rn::sync_wait(ctx, closed_first());
   CHECK(test::read_to_end(client).error == 0);
   ::close(client);
-  for (int i = 0; i < 200 && test::sockets_on_port(port, port_side::local, tcp_state::time_wait) == 0; ++i)
-    std::this_thread::sleep_for(5ms);
-  REQUIRE(test::sockets_on_port(port, port_side::local, tcp_state::time_wait) == 1);
+  const auto server_time_wait = [&] {
+    return test::sockets_on_port(port, port_side::local, tcp_state::time_wait, client_port);
+  };
+  for (int i = 0; i < 200 && server_time_wait() == 0; ++i) std::this_thread::sleep_for(5ms);
+  REQUIRE(server_time_wait() == 1);
   l->close();
 
   auto without = rn::listener::bind(ctx, rn::endpoint::loopback_v4(port), {.reuse_address = false});

@@ -17,6 +17,7 @@
 #include <ringnet/detail/splice.hpp>
 #include <ringnet/error.hpp>
 #include <ringnet/io_context.hpp>
+#include <ringnet/lifecycle.hpp>
 #include <ringnet/operation.hpp>
 #include <ringnet/stop_token.hpp>
 #include <ringnet/stream.hpp>
@@ -105,6 +106,15 @@ struct relay_result {
   /// Both FINs forwarded and both sockets closed without RST. Otherwise both were reset.
   [[nodiscard]] bool clean() const noexcept {
     return a_to_b.end == relay_end::eof && b_to_a.end == relay_end::eof;
+  }
+  /// The connection's ending in the terms of close_report (what a server handler returns):
+  /// clean, peer_reset, error, or canceled for timeouts and stops (we reset both sides).
+  [[nodiscard]] close_outcome outcome() const noexcept {
+    const auto either = [&](relay_end e) { return a_to_b.end == e || b_to_a.end == e; };
+    if (clean()) return close_outcome::clean;
+    if (either(relay_end::reset)) return close_outcome::peer_reset;
+    if (either(relay_end::error)) return close_outcome::error;
+    return close_outcome::canceled;
   }
 };
 

@@ -17,6 +17,8 @@
 #include <chrono>
 #include <concepts>
 #include <cstddef>
+#include <optional>
+#include <type_traits>
 #include <utility>
 
 RINGNET_BEGIN_NAMESPACE
@@ -70,9 +72,10 @@ struct shutdown_report {
   }
 };
 
-/// Handler: task<void>(stream&, inplace_stop_token). The token asks it to finish (shutdown); when
-/// it returns with the stream open, the server closes it gracefully. The server must outlive
-/// run() and be shut down (co_await shutdown()) before it is destroyed.
+/// Handler: task<void>(stream&, inplace_stop_token), or task<close_outcome> for a handler that
+/// closes the stream itself and says how it ended (so the counters stay exact). The token asks it
+/// to finish (shutdown); when it returns with the stream open, the server closes it gracefully.
+/// The server must outlive run() and be shut down (co_await shutdown()) before it is destroyed.
 template <class Handler>
   requires std::invocable<Handler&, stream&, inplace_stop_token>
 class server {
@@ -141,12 +144,19 @@ class server {
     bool closing = false;  // the handler returned; graceful_close runs
   };
 
+  using handler_result =
+      await_result_t<std::invoke_result_t<Handler&, stream&, inplace_stop_token>>;
+
   task<void> serve(stream st) {
     connection c(std::move(st));
     link(c);
     if (shutting_down_) c.finish.request_stop();
+    std::optional<close_outcome> told;  // by a handler that closed the stream itself
     try {
-      co_await handler_(c.s, c.finish.get_token());
+      if constexpr (std::is_same_v<handler_result, close_outcome>)
+        told = co_await handler_(c.s, c.finish.get_token());
+      else
+        co_await handler_(c.s, c.finish.get_token());
     } catch (...) {
       ++counters_.handler_exceptions;
     }
@@ -154,7 +164,10 @@ class server {
       c.closing = true;
       graceful_close_options o = opts_.close;
       if (shutting_down_) o.drain_timeout = std::min(o.drain_timeout, detail::until(deadline_));
-      count(co_await graceful_close(c.s, o, c.abort.get_token()));
+      const close_report r = co_await graceful_close(c.s, o, c.abort.get_token());
+      count(r.outcome, r.reset_sent);
+    } else if (told) {
+      count(*told, *told != close_outcome::clean && *told != close_outcome::peer_reset);
     } else {
       ++counters_.closed_by_handler;
       if (shutting_down_) ++report_.finished;
@@ -163,8 +176,8 @@ class server {
     done_one();
   }
 
-  void count(const close_report& r) noexcept {
-    switch (r.outcome) {
+  void count(close_outcome outcome, bool reset_sent) noexcept {
+    switch (outcome) {
       case close_outcome::clean: ++counters_.clean; break;
       case close_outcome::peer_reset: ++counters_.peer_reset; break;
       case close_outcome::drain_timeout: ++counters_.drain_timeout; break;
@@ -173,8 +186,8 @@ class server {
       case close_outcome::error: ++counters_.we_reset; break;
     }
     if (!shutting_down_) return;
-    if (r.outcome == close_outcome::clean) ++report_.finished;
-    else if (r.reset_sent) ++report_.aborted;
+    if (outcome == close_outcome::clean) ++report_.finished;
+    else if (reset_sent) ++report_.aborted;
     else ++report_.errors;
   }
 
