@@ -9,6 +9,7 @@
 #include <ringnet/ringnet.hpp>
 
 #include <array>
+#include <system_error>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -25,14 +26,17 @@ namespace {
 constexpr const char* usage =
     "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--shutdown syscall|io_uring]";
 
-rn::task<void> echo(rn::stream& s, rn::inplace_stop_token finish) {
-  std::array<std::byte, 16 * 1024> buf;
-  for (;;) {
-    auto n = co_await s.recv(buf, finish);
-    if (!n || *n == 0) co_return;  // EOF, error or shutdown: the server closes gracefully
-    if (!co_await s.send_all(rn::const_buffer(buf.data(), *n), finish)) co_return;
+// One multishot recv per connection, into buffers shared by every connection of the thread.
+struct echo {
+  rn::buffer_ring* bufs;
+  rn::task<void> operator()(rn::stream& s, rn::inplace_stop_token finish) const {
+    for (;;) {
+      auto data = co_await s.receive(*bufs, finish);
+      if (!data || data->size() == 0) co_return;  // EOF, error or shutdown: the server closes
+      if (!co_await s.send_all(data->data(), finish)) co_return;
+    }
   }
-}
+};
 
 struct worker {
   rn::io_context ctx;
@@ -43,7 +47,9 @@ struct worker {
 
 rn::task<void> serve(worker& w, rn::inplace_stop_token quit, std::chrono::nanoseconds grace,
                      rn::shutdown_method how) {
-  rn::server srv(w.ctx, std::move(w.listener), echo, {.close = {.shutdown = how}});
+  auto bufs = rn::buffer_ring::create(w.ctx, 1024, 16 * 1024);
+  if (!bufs) throw std::system_error(bufs.error(), "buffer ring");
+  rn::server srv(w.ctx, std::move(w.listener), echo{&*bufs}, {.close = {.shutdown = how}});
   rn::spawn(w.ctx, srv.run());
   (void)co_await rn::sleep_for(w.ctx, std::chrono::hours(24 * 365 * 100), quit);  // until told
   w.report = co_await srv.shutdown(grace);

@@ -268,6 +268,31 @@ TEST_CASE("close: a recv in flight completes (canceled) before the descriptor is
   ::close(held);
 }
 
+TEST_CASE("close and abort work through IORING_OP_CLOSE too: the peer sees FIN, then RST") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  test::raw_listener peer;
+  for (bool abortive : {false, true}) {
+    int seen = -1;
+    std::jthread server([&] {
+      const int c = peer.accept_one();
+      seen = test::read_to_end(c).error;
+      ::close(c);
+    });
+    auto body = [&]() -> rn::task<void> {
+      auto s = co_await rn::connect(ctx, peer.endpoint());
+      REQUIRE(s);
+      auto r = abortive ? co_await s->abort(rn::close_method::io_uring)
+                        : co_await s->close(rn::close_method::io_uring);
+      CHECK(r.has_value());
+      CHECK_FALSE(s->is_open());
+    };
+    rn::sync_wait(ctx, body());
+    server.join();
+    CHECK(seen == (abortive ? ECONNRESET : 0));
+  }
+}
+
 TEST_CASE("operations on a closed stream fail with bad_file_descriptor") {
   rn::io_context ctx(test::context_options());
   rn::stream s;

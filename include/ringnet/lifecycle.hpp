@@ -60,6 +60,17 @@ template <stoppable_token Token = never_stop_token, class OnData = discard_data>
   const mutable_buffer buf = opts.buffer.empty() ? detail::drain_scratch() : opts.buffer;
   const auto deadline = std::chrono::steady_clock::now() + opts.timeout;
   drain_result out;
+  if (s.receiving()) {  // bytes receive() already queued come first, and its recv must end
+    co_await s.stop_receiving();
+    while (auto b = s.try_receive()) {
+      on_data(b->data());
+      out.bytes += b->size();
+    }
+    if (out.bytes > opts.max_bytes) {
+      out.outcome = drain_outcome::limit;
+      co_return out;
+    }
+  }
   for (;;) {
     const std::size_t want = std::min(buf.size(), opts.max_bytes - out.bytes + 1);
     auto r = co_await s.recv(buf.first(want), token, detail::until(deadline));

@@ -242,6 +242,7 @@ class listener {
             l_(&l),
             token_(std::move(t)),
             cancel_(detail::ring_of(*l.ctx_), l.queue_ ? l.queue_->user_data() : 0) {}
+      awaiter(awaiter&& o) noexcept : awaiter(*o.l_, std::move(o.token_)) {}  // before start
       bool await_ready() noexcept {
         if (!l_->is_open()) {
           res_ = -EBADF;

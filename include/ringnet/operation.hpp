@@ -74,8 +74,10 @@ concept complete_hooked = requires(Op& op) { op.completed(); };
 // thread. Lives next to the awaiting coroutine; settle() before that coroutine resumes.
 class canceller : public remote_node {
  public:
-  canceller(ring& r, std::uint64_t target) noexcept
-      : remote_node{&canceller::cancel_from_remote}, ring_(&r), target_(target) {}
+  // `custom`, if given, replaces the ASYNC_CANCEL of `target` (still run on the ring's thread).
+  using custom_cancel = void (*)(std::uint64_t target) noexcept;
+  canceller(ring& r, std::uint64_t target, custom_cancel custom = nullptr) noexcept
+      : remote_node{&canceller::cancel_from_remote}, ring_(&r), target_(target), custom_(custom) {}
   canceller(const canceller&) = delete;
   canceller& operator=(const canceller&) = delete;
 
@@ -106,7 +108,10 @@ class canceller : public remote_node {
   void cancel_here() noexcept {
     if (finished_ || sent_) return;
     sent_ = true;
-    ring_->cancel(target_);
+    if (custom_)
+      custom_(target_);
+    else
+      ring_->cancel(target_);
   }
   static void cancel_from_remote(remote_node* n) noexcept {
     static_cast<canceller&>(*n).cancel_here();
@@ -114,6 +119,7 @@ class canceller : public remote_node {
 
   ring* ring_;
   std::uint64_t target_;
+  custom_cancel custom_;
   bool finished_ = false;
   bool sent_ = false;
   std::atomic<bool> remote_queued_{false};

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ringnet/buffer.hpp>
+#include <ringnet/buffer_ring.hpp>
 #include <ringnet/config.hpp>
 #include <ringnet/endpoint.hpp>
 #include <ringnet/error.hpp>

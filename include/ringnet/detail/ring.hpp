@@ -85,6 +85,8 @@ class ring {
   [[nodiscard]] bool draining() const noexcept { return draining_; }
   [[nodiscard]] std::size_t in_flight() const noexcept { return in_flight_; }
   [[nodiscard]] bool cq_nodrop() const noexcept { return nodrop_; }
+  // Provided-buffer group ids are per ring.
+  [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_buffer_group_++; }
 
   // ---- submission (ring thread only) ---------------------------------------------------
   // `n` consecutive SQEs (for links). A full SQ is submitted first: nothing is ever dropped.
@@ -345,6 +347,7 @@ class ring {
   opcode_set ops_;
 
   std::size_t in_flight_ = 0;
+  std::uint16_t next_buffer_group_ = 0;
   std::vector<std::coroutine_handle<>> ready_;
   std::vector<std::coroutine_handle<>> running_;
   detached_link* detached_ = nullptr;

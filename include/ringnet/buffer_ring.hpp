@@ -1,0 +1,73 @@
+// buffer_ring: a pool of receive buffers the kernel picks from (a provided-buffer ring), for
+// stream::receive(). Many streams share one ring; a buffer returns to it when the
+// received_buffer holding it is destroyed.
+#pragma once
+
+#include <ringnet/buffer.hpp>
+#include <ringnet/config.hpp>
+#include <ringnet/detail/multishot_recv.hpp>
+#include <ringnet/error.hpp>
+#include <ringnet/io_context.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+RINGNET_BEGIN_NAMESPACE
+
+class buffer_ring {
+ public:
+  /// `count` buffers (a power of two, at most 32768) of `size` bytes each. Create it on the
+  /// context's thread (or before the context first runs); it must outlive the streams using it.
+  static result<buffer_ring> create(io_context& ctx, unsigned count, std::size_t size) {
+    if (count == 0 || count > 32768 || (count & (count - 1)) != 0 || size == 0 || size > (1u << 31))
+      return std::make_error_code(std::errc::invalid_argument);
+    auto b = std::make_unique<detail::provided_buffers>(detail::ring_of(ctx), count, size);
+    if (int r = b->init(); r < 0) return errno_code(-r);
+    return buffer_ring(std::move(b));
+  }
+
+  [[nodiscard]] std::size_t buffer_size() const noexcept { return impl_->buffer_size(); }
+  /// Buffers the kernel may fill right now (not queued in a stream, not held by the caller).
+  [[nodiscard]] unsigned available() const noexcept { return impl_->available(); }
+
+ private:
+  friend class stream;
+  explicit buffer_ring(std::unique_ptr<detail::provided_buffers> b) noexcept : impl_(std::move(b)) {}
+  std::unique_ptr<detail::provided_buffers> impl_;
+};
+
+/// Bytes stream::receive() got, in a buffer of a buffer_ring; the buffer goes back to the ring
+/// when this is destroyed. Empty (size() == 0) means the peer's FIN.
+class received_buffer {
+ public:
+  received_buffer() noexcept = default;
+  received_buffer(detail::provided_buffers* b, std::uint16_t bid) noexcept : bufs_(b), bid_(bid) {}
+  received_buffer(received_buffer&& o) noexcept
+      : bufs_(std::exchange(o.bufs_, nullptr)), bid_(o.bid_) {}
+  received_buffer& operator=(received_buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      bufs_ = std::exchange(o.bufs_, nullptr);
+      bid_ = o.bid_;
+    }
+    return *this;
+  }
+  ~received_buffer() { reset(); }
+
+  [[nodiscard]] const_buffer data() const noexcept {
+    if (!bufs_) return {};
+    return {bufs_->data(bid_), bufs_->length(bid_)};
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return bufs_ ? bufs_->length(bid_) : 0; }
+  void reset() noexcept {
+    if (bufs_) std::exchange(bufs_, nullptr)->recycle(bid_);
+  }
+
+ private:
+  detail::provided_buffers* bufs_ = nullptr;
+  std::uint16_t bid_ = 0;
+};
+
+RINGNET_END_NAMESPACE
