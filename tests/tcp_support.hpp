@@ -170,6 +170,20 @@ inline int sockets_on_port(std::uint16_t port, port_side side, tcp_state state,
   return sockets_on_port(port, side, static_cast<int>(state), peer_port);
 }
 
+// A ringnet stream accepted from `l`, and the plain client socket at its other end (the peer).
+struct stream_pair {
+  rn::stream ours;
+  int peer = -1;
+};
+inline rn::task<stream_pair> accept_raw_client(rn::listener& l) {
+  stream_pair p;
+  p.peer = raw_connect(*l.local_endpoint());
+  auto s = co_await l.accept();
+  REQUIRE(s);
+  p.ours = std::move(*s);
+  co_return p;
+}
+
 // Raises RLIMIT_NOFILE to at least `want` if allowed; returns the soft limit now in force.
 inline rlim_t raise_fd_limit(rlim_t want) {
   rlimit rl{};

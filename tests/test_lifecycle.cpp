@@ -7,24 +7,6 @@
 using test::port_side;
 using test::tcp_state;
 
-namespace {
-
-struct accepted_pair {
-  rn::stream ours;
-  int peer = -1;
-};
-
-// A ringnet stream accepted from a plain client socket (the peer).
-rn::task<accepted_pair> make_pair(rn::listener& l) {
-  accepted_pair p;
-  p.peer = test::raw_connect(*l.local_endpoint());
-  auto s = co_await l.accept();
-  REQUIRE(s);
-  p.ours = std::move(*s);
-  co_return p;
-}
-
-}  // namespace
 
 TEST_CASE("the RST problem: naive close with unread data resets the peer; graceful_close does not") {
   test::fd_leak_check fds;
@@ -35,7 +17,7 @@ TEST_CASE("the RST problem: naive close with unread data resets the peer; gracef
   const std::string response = test::pattern(1 << 20, 2);    // we send, the peer reads slowly
 
   SUBCASE("naive close()") {
-    auto p = rn::sync_wait(ctx, make_pair(*l));
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
     REQUIRE(test::write_all(p.peer, request));
     test::read_result seen;
     std::jthread peer([&] {
@@ -59,7 +41,7 @@ TEST_CASE("the RST problem: naive close with unread data resets the peer; gracef
   }
 
   SUBCASE("graceful_close()") {
-    auto p = rn::sync_wait(ctx, make_pair(*l));
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
     REQUIRE(test::write_all(p.peer, request));
     test::read_result seen;
     std::jthread peer([&] {
@@ -89,7 +71,7 @@ TEST_CASE("graceful_close: a peer that never sends FIN ends drain_timeout, then 
   rn::io_context ctx(test::context_options());
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
-  auto p = rn::sync_wait(ctx, make_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   const auto report = rn::sync_wait(ctx, rn::graceful_close(p.ours, {.drain_timeout = 200ms}));
   CHECK(report.outcome == rn::close_outcome::drain_timeout);
   CHECK(report.reset_sent);
@@ -112,7 +94,7 @@ TEST_CASE("graceful_close: a flooding peer ends drain_limit after at most max by
   rn::io_context ctx(test::context_options());
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
-  auto p = rn::sync_wait(ctx, make_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   std::atomic<bool> flooding{true};
   int flood_error = 0;
   std::jthread flood([&] {
@@ -141,7 +123,7 @@ TEST_CASE("drain: a peer reset is reported as reset; graceful_close as peer_rese
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
   {
-    auto p = rn::sync_wait(ctx, make_pair(*l));
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
     REQUIRE(test::write_all(p.peer, "some bytes"));
     test::set_linger_rst(p.peer);
     ::close(p.peer);
@@ -151,7 +133,7 @@ TEST_CASE("drain: a peer reset is reported as reset; graceful_close as peer_rese
     (void)rn::sync_wait(ctx, p.ours.close());
   }
   {
-    auto p = rn::sync_wait(ctx, make_pair(*l));
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
     test::set_linger_rst(p.peer);
     ::close(p.peer);
     std::this_thread::sleep_for(10ms);
@@ -167,7 +149,7 @@ TEST_CASE("drain: exact max_bytes then FIN is eof; on_data sees every byte") {
   rn::io_context ctx(test::context_options());
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
-  auto p = rn::sync_wait(ctx, make_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   const std::string data = test::pattern(100'000, 3);
   REQUIRE(test::write_all(p.peer, data));
   ::shutdown(p.peer, SHUT_WR);
@@ -189,7 +171,7 @@ TEST_CASE("graceful_close: a stop request aborts it, reported as canceled") {
   rn::io_context ctx(test::context_options());
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
-  auto p = rn::sync_wait(ctx, make_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   std::stop_source stop;
   std::jthread stopper([&] {
     std::this_thread::sleep_for(50ms);

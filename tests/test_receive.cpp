@@ -6,20 +6,6 @@
 
 namespace {
 
-struct connected {
-  rn::stream ours;
-  int peer = -1;
-};
-
-rn::task<connected> connect_pair(rn::listener& l) {
-  connected p;
-  p.peer = test::raw_connect(*l.local_endpoint());
-  auto s = co_await l.accept();
-  REQUIRE(s);
-  p.ours = std::move(*s);
-  co_return p;
-}
-
 std::string text(const rn::received_buffer& b) {
   return {reinterpret_cast<const char*>(b.data().data()), b.size()};
 }
@@ -33,7 +19,7 @@ TEST_CASE("receive: 4 MiB through a ring of 8 small buffers arrive complete and 
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 8, 4096);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   const std::string data = test::pattern(4 << 20, 11);
   std::jthread sender([&] {
     test::write_all(p.peer, data);
@@ -69,7 +55,7 @@ TEST_CASE("receive: a stop cancels the armed recv; the next call re-arms and get
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 4, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   rn::inplace_stop_source stop;
   std::jthread stopper([&] {
     std::this_thread::sleep_for(20ms);
@@ -95,7 +81,7 @@ TEST_CASE("receive: a stop also ends a wait starved of buffers") {
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 2, 16);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   REQUIRE(test::write_all(p.peer, std::string(16 * 8, 's')));
   rn::inplace_stop_source stop;
   auto body = [&]() -> rn::task<void> {
@@ -123,7 +109,7 @@ TEST_CASE("receive: close() cancels a pending receive and returns every buffer")
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 4, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   auto body = [&]() -> rn::task<void> {
     auto reader = [&]() -> rn::task<void> {
       auto r = co_await p.ours.receive(*bufs);
@@ -147,7 +133,7 @@ TEST_CASE("receive: graceful_close drains what receive() queued, in order, befor
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 16, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   const std::string data = test::pattern(10'000, 4);
   REQUIRE(test::write_all(p.peer, data));
   auto body = [&]() -> rn::task<rn::close_report> {
@@ -184,7 +170,7 @@ TEST_CASE("receive: zero allocations per received buffer" * doctest::skip(!test:
   REQUIRE(l);
   auto bufs = rn::buffer_ring::create(ctx, 64, 256);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, connect_pair(*l));
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
   std::size_t during = 0;
   bool ok = true;
   auto body = [&]() -> rn::task<void> {
