@@ -68,6 +68,8 @@ fd_state& state_of(stream& s) noexcept;
 
 class stream {
  public:
+  /// A stream with no socket and no context: assign one before any operation (receive() on it
+  /// fails with bad_file_descriptor).
   stream() noexcept = default;
   /// Adopts a connected socket.
   stream(io_context& ctx, int fd) noexcept : ctx_(&ctx) {
@@ -117,7 +119,7 @@ class stream {
      public:
       awaiter(stream& s, detail::provided_buffers& b, Token t) noexcept
           : s_(&s), b_(&b), token_(std::move(t)),
-            cancel_(*s.st_.owner, s.rx_.user_data(), [](std::uint64_t rx) noexcept {
+            cancel_(b.owner(), s.rx_.user_data(), [](std::uint64_t rx) noexcept {
               reinterpret_cast<detail::multishot_recv*>(rx)->cancel_wait();
             }) {}
       awaiter(awaiter&& o) noexcept : awaiter(*o.s_, *o.b_, std::move(o.token_)) {}  // before start
