@@ -401,15 +401,23 @@ TEST_CASE("listener: a stop cancels next() and accept(); a racing accepted conne
         stop.request_stop();
       };
       auto take = [&]() -> rn::task<void> {
-        auto s = i % 3 ? co_await l->next(stop.get_token()) : co_await l->accept(stop.get_token());
+        // Not `c ? co_await a : co_await b`: g++ 12 destroys the temporary of such a conditional
+        // twice.
+        rn::result<rn::stream> s = std::make_error_code(std::errc::invalid_argument);
+        if (i % 3)
+          s = co_await l->next(stop.get_token());
+        else
+          s = co_await l->accept(stop.get_token());
         if (s) ++accepted;
         else CHECK(s.error() == std::errc::operation_canceled);
       };
       co_await rn::when_all(take(), racer());
     }
     while (accepted < connected) {  // what the cancelled waits did not take is still there
-      auto s = co_await l->accept(rn::never_stop_token{}, 5s);
-      REQUIRE(s);
+      auto got = co_await rn::when_any([&](rn::inplace_stop_token t) { return l->next(t); },
+                                       [&](rn::inplace_stop_token t) { return rn::sleep_for(ctx, 5s, t); });
+      REQUIRE(got.index() == 0);
+      REQUIRE(std::get<0>(got));
       ++accepted;
     }
   };

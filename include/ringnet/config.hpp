@@ -1,62 +1,11 @@
-// ringnet configuration: namespace, version, feature detection, throw hook.
+// ringnet configuration, for users: the macros below are the ones to set when building.
+//
+//   RINGNET_NAMESPACE      top namespace (default ringnet): vendor two copies under two names
+//   RINGNET_ABI_NAMESPACE  versioned inline namespace (default v0_1, or v0_1_nopool)
+//   RINGNET_NO_FRAME_POOL  allocate coroutine frames with plain operator new
+//   NDEBUG                 turns the library's contract checks (RINGNET_ASSERT) off
+//
 // Every macro ringnet defines starts with RINGNET_.
 #pragma once
 
-#define RINGNET_VERSION_MAJOR 0
-#define RINGNET_VERSION_MINOR 1
-#define RINGNET_VERSION_PATCH 0
-
-// Coroutine frames come from a per-thread pool (detail/frame_pool.hpp), except under
-// AddressSanitizer or with -DRINGNET_NO_FRAME_POOL, so use-after-free in frames stays detectable.
-#if defined(__SANITIZE_ADDRESS__)
-#define RINGNET_DETAIL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define RINGNET_DETAIL_ASAN 1
-#endif
-#endif
-#if !defined(RINGNET_NO_FRAME_POOL) && !defined(RINGNET_DETAIL_ASAN)
-#define RINGNET_DETAIL_FRAME_POOL 1
-#endif
-
-// Vendoring: build with -DRINGNET_NAMESPACE=myproxy_net so two copies of ringnet can live in one
-// binary. The versioned inline namespace keeps the ABI of two versions apart as well, and of two
-// frame allocation schemes: a pooled frame must never be freed by an unpooled TU, or vice versa.
-#ifndef RINGNET_NAMESPACE
-#define RINGNET_NAMESPACE ringnet
-#endif
-#ifndef RINGNET_ABI_NAMESPACE
-#ifdef RINGNET_DETAIL_FRAME_POOL
-#define RINGNET_ABI_NAMESPACE v0_1
-#else
-#define RINGNET_ABI_NAMESPACE v0_1_nopool
-#endif
-#endif
-#define RINGNET_BEGIN_NAMESPACE                                                                    \
-  namespace RINGNET_NAMESPACE {                                                                    \
-  inline namespace RINGNET_ABI_NAMESPACE {
-#define RINGNET_END_NAMESPACE                                                                      \
-  }                                                                                                \
-  }
-
-#if !__has_include(<liburing.h>)
-#error "ringnet needs liburing (Debian: liburing-dev)"
-#endif
-
-// Debian's liburing 2.3 has no version header; newer ones ship io_uring_version.h.
-#if __has_include(<liburing/io_uring_version.h>)
-#include <liburing/io_uring_version.h>
-#define RINGNET_LIBURING_VERSION (IO_URING_VERSION_MAJOR * 100 + IO_URING_VERSION_MINOR)
-#else
-#define RINGNET_LIBURING_VERSION 203
-#endif
-
-#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
-#define RINGNET_HAS_EXCEPTIONS 1
-#define RINGNET_THROW(...) throw __VA_ARGS__
-#else
-#define RINGNET_HAS_EXCEPTIONS 0
-#define RINGNET_THROW(...) ::std::abort()
-#endif
-
-#include <cstdlib>
+#include <ringnet/detail/config.hpp>

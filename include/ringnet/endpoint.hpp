@@ -78,6 +78,8 @@ class endpoint {
   static result<endpoint> parse(std::string_view text) noexcept {
     if (text.empty()) return make_error_code(endpoint_errc::empty);
     if (text.size() > 64) return make_error_code(endpoint_errc::too_long);
+    // inet_pton reads a C string: an embedded NUL would end the address early ("1.2.3.4\0junk").
+    if (text.find('\0') != std::string_view::npos) return make_error_code(endpoint_errc::bad_address);
     std::string_view host, port;
     const bool v6 = text.front() == '[';
     if (v6) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/errno_kind.hpp>
 
 #include <cerrno>
 #include <optional>
@@ -14,6 +15,26 @@ RINGNET_BEGIN_NAMESPACE
 /// errno → std::error_code in the system category (compares equal to std::errc values).
 [[nodiscard]] inline std::error_code errno_code(int e) noexcept {
   return {e, std::system_category()};
+}
+
+/// What an error says about the connection it came from: the one vocabulary under drain(),
+/// graceful_close(), relay() and the server's counters.
+enum class error_kind {
+  none,       // no error
+  canceled,   // operation_canceled: a stop token, close() or cancel()
+  timed_out,  // a deadline passed (ours, or the kernel's retransmission timeout)
+  reset,      // the connection ended abortively: the peer's RST (connection_reset), or a write or
+              // shutdown that found it gone (broken_pipe, not_connected, connection_aborted)
+  other,      // anything else
+};
+
+[[nodiscard]] inline error_kind classify(std::error_code ec) noexcept {
+  if (!ec) return error_kind::none;
+  if (ec == std::errc::operation_canceled) return error_kind::canceled;
+  if (ec == std::errc::timed_out) return error_kind::timed_out;
+  const std::error_condition c = ec.default_error_condition();
+  if (c.category() == std::generic_category() && detail::reset_errno(c.value())) return error_kind::reset;
+  return error_kind::other;
 }
 
 /// Throws std::system_error (or aborts under -fno-exceptions).

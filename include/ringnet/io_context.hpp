@@ -1,15 +1,32 @@
 // io_context: one io_uring, one thread. run() drives it; other threads reach it only through
-// stop(), schedule() and stop-token callbacks, which hand work over via one eventfd.
+// stop(), schedule(), spawn() and stop-token callbacks, which hand work over via one eventfd.
 #pragma once
 
 #include <ringnet/config.hpp>
 #include <ringnet/detail/ring.hpp>
 
+#include <bitset>
 #include <coroutine>
 #include <exception>
 #include <functional>
 
 RINGNET_BEGIN_NAMESPACE
+
+/// How the ring was set up, most capable first. Set-up falls back down this list.
+enum class ring_mode {
+  defer_taskrun,  // SINGLE_ISSUER | DEFER_TASKRUN: completions run only inside our own enter
+  coop_taskrun,   // COOP_TASKRUN: no IPIs, task work runs at the next enter
+  basic,          // plain io_uring_setup
+};
+
+using opcode_set = std::bitset<256>;
+
+struct io_context_options {
+  unsigned entries = 256;                      // SQ size
+  unsigned cq_entries = 0;                     // 0: 16 × entries (multishot bursts)
+  ring_mode mode = ring_mode::defer_taskrun;   // the most capable mode to try
+  opcode_set disabled_ops;                     // treated as unsupported (forces fallbacks)
+};
 
 class io_context;
 namespace detail {
@@ -22,16 +39,22 @@ class io_context {
 
   /// Sets up the ring, falling back from DEFER_TASKRUN to COOP_TASKRUN to basic as the kernel
   /// allows. Throws std::system_error when io_uring is unavailable (ENOSYS, EPERM).
-  explicit io_context(const options& opts = {}) : ring_(opts) {}
+  explicit io_context(const options& opts = {})
+      : ring_(detail::ring_setup{opts.entries, opts.cq_entries, static_cast<int>(opts.mode),
+                                 opts.disabled_ops}) {}
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
   /// Cancels what is still in flight, waits for the kernel to let go of it, and destroys the
-  /// frames of spawned tasks that did not finish. Call it on the thread that ran the context.
+  /// frames of spawned tasks that did not finish (nobody is resumed). Streams, listeners and
+  /// buffer rings that outlive it have their sockets closed; their operations then fail with
+  /// bad_file_descriptor. Call it on the thread that ran the context.
   ~io_context() = default;
 
   /// Runs until stop() or until nothing is left: no operation in flight, no spawned task alive,
   /// no work_guard held. Rethrows an exception a spawned task left unhandled (when no handler is
-  /// set); run() may be called again afterwards.
+  /// set); run() may be called again afterwards. The first run binds the context to its thread
+  /// (in DEFER_TASKRUN mode for good: the kernel accepts no other submitter); run() or
+  /// sync_wait() from inside the context's own loop throws resource_deadlock_would_occur.
   void run() {
     while (!ring_.stop_requested() && ring_.has_work()) {
       ring_.run_turn(true);
@@ -58,7 +81,12 @@ class io_context {
   [[nodiscard]] bool supports(io_uring_op op) const noexcept {
     return ring_.supports(static_cast<unsigned>(op));
   }
-  [[nodiscard]] ring_mode mode() const noexcept { return ring_.mode(); }
+  /// Whether receive() keeps one multishot recv armed (kernel 6.0), or re-arms a single-shot one
+  /// per call.
+  [[nodiscard]] bool has_multishot_recv() const noexcept { return ring_.caps().multishot_recv; }
+  /// Whether listener::next() takes many connections from one multishot accept (kernel 5.19).
+  [[nodiscard]] bool has_multishot_accept() const noexcept { return ring_.caps().multishot_accept; }
+  [[nodiscard]] ring_mode mode() const noexcept { return static_cast<ring_mode>(ring_.mode_index()); }
   [[nodiscard]] unsigned setup_flags() const noexcept { return ring_.setup_flags(); }
   [[nodiscard]] bool running_in_this_thread() const noexcept { return ring_.on_this_thread(); }
   [[nodiscard]] io_uring& native_handle() noexcept { return ring_.native(); }

@@ -40,25 +40,26 @@ struct discard_data {
 };
 
 namespace detail {
-inline mutable_buffer drain_scratch() noexcept {
+RINGNET_TLS_ACCESSOR inline mutable_buffer drain_scratch() noexcept {
   alignas(64) static thread_local std::array<std::byte, 64 * 1024> scratch;
   return scratch;
 }
-inline std::chrono::nanoseconds until(std::chrono::steady_clock::time_point t) noexcept {
-  const auto left = t - std::chrono::steady_clock::now();
-  return left.count() > 0 ? std::chrono::duration_cast<std::chrono::nanoseconds>(left)
-                          : std::chrono::nanoseconds::zero();
-}
-}  // namespace detail
 
-/// Reads until EOF, the deadline, or more than max_bytes (reading at most one byte past the cap,
-/// so a peer that sends exactly max_bytes then FIN still ends `eof`). Received bytes go to
-/// on_data(const_buffer).
-template <stoppable_token Token = never_stop_token, class OnData = discard_data>
-[[nodiscard]] task<drain_result> drain(stream& s, drain_options opts = {}, Token token = {},
-                                       OnData on_data = {}) {
-  const mutable_buffer buf = opts.buffer.empty() ? detail::drain_scratch() : opts.buffer;
-  const auto deadline = std::chrono::steady_clock::now() + opts.timeout;
+inline drain_outcome drain_outcome_of(error_kind k) noexcept {
+  switch (k) {
+    case error_kind::timed_out: return drain_outcome::deadline;
+    case error_kind::canceled: return drain_outcome::canceled;
+    case error_kind::reset: return drain_outcome::reset;
+    case error_kind::none:
+    case error_kind::other: break;
+  }
+  return drain_outcome::error;
+}
+
+template <stoppable_token Token, class OnData>
+task<drain_result> drain_on(pinned_socket s, drain_options opts, Token token, OnData on_data) {
+  const mutable_buffer buf = opts.buffer.empty() ? drain_scratch() : opts.buffer;
+  const auto deadline = deadline_after(opts.timeout);
   drain_result out;
   if (s.receiving()) {  // bytes receive() already queued come first, and its recv must end
     co_await s.stop_receiving();
@@ -72,14 +73,13 @@ template <stoppable_token Token = never_stop_token, class OnData = discard_data>
     }
   }
   for (;;) {
-    const std::size_t want = std::min(buf.size(), opts.max_bytes - out.bytes + 1);
-    auto r = co_await s.recv(buf.first(want), token, detail::until(deadline));
+    // At most one byte past the cap (out.bytes <= max_bytes here, so nothing wraps).
+    const std::size_t room = opts.max_bytes - out.bytes;
+    const std::size_t want = room >= buf.size() ? buf.size() : room + 1;
+    auto r = co_await s.recv(buf.first(want), token, until(deadline));
     if (!r) {
       out.error = r.error();
-      if (r.error() == std::errc::timed_out) out.outcome = drain_outcome::deadline;
-      else if (r.error() == std::errc::operation_canceled) out.outcome = drain_outcome::canceled;
-      else if (r.error() == std::errc::connection_reset) out.outcome = drain_outcome::reset;
-      else out.outcome = drain_outcome::error;
+      out.outcome = drain_outcome_of(classify(r.error()));
       co_return out;
     }
     if (*r == 0) co_return out;  // eof
@@ -90,6 +90,16 @@ template <stoppable_token Token = never_stop_token, class OnData = discard_data>
       co_return out;
     }
   }
+}
+}  // namespace detail
+
+/// Reads until EOF, the deadline, or more than max_bytes (reading at most one byte past the cap,
+/// so a peer that sends exactly max_bytes then FIN still ends `eof`). Received bytes go to
+/// on_data(const_buffer); what receive() had queued comes first, in order.
+template <stoppable_token Token = never_stop_token, class OnData = discard_data>
+[[nodiscard]] task<drain_result> drain(stream& s, drain_options opts = {}, Token token = {},
+                                       OnData on_data = {}) {
+  return detail::drain_on(detail::pinned_socket(s), opts, std::move(token), std::move(on_data));
 }
 
 enum class close_outcome {
@@ -129,11 +139,31 @@ struct close_report {
   std::error_code error;
 };
 
-/// shutdown(SHUT_WR) (unless already done) → drain to EOF (deadline + cap) → close. Past the deadline or the cap, on a
-/// stop request or an error: abort (RST). Never blocks beyond drain_timeout.
-template <stoppable_token Token = never_stop_token>
-[[nodiscard]] task<close_report> graceful_close(stream& s, graceful_close_options opts = {},
-                                                Token token = {}) {
+namespace detail {
+inline close_outcome close_outcome_of(error_kind k) noexcept {
+  switch (k) {
+    case error_kind::timed_out: return close_outcome::drain_timeout;
+    case error_kind::canceled: return close_outcome::canceled;
+    case error_kind::reset: return close_outcome::peer_reset;
+    case error_kind::none:
+    case error_kind::other: break;
+  }
+  return close_outcome::error;
+}
+inline close_outcome close_outcome_of(drain_outcome d) noexcept {
+  switch (d) {
+    case drain_outcome::eof: return close_outcome::clean;
+    case drain_outcome::reset: return close_outcome::peer_reset;
+    case drain_outcome::deadline: return close_outcome::drain_timeout;
+    case drain_outcome::limit: return close_outcome::drain_limit;
+    case drain_outcome::canceled: return close_outcome::canceled;
+    case drain_outcome::error: break;
+  }
+  return close_outcome::error;
+}
+
+template <stoppable_token Token>
+task<close_report> graceful_close_on(pinned_socket s, graceful_close_options opts, Token token) {
   const auto t0 = std::chrono::steady_clock::now();
   close_report report;
   auto finish = [&](close_outcome o, std::error_code ec) {
@@ -146,23 +176,17 @@ template <stoppable_token Token = never_stop_token>
     finish(close_outcome::canceled, std::make_error_code(std::errc::operation_canceled));
   } else if (auto shut = s.write_shut() ? result<void>{} : co_await s.shutdown_write(token, opts.shutdown);
              !shut) {
-    const bool reset = shut.error() == std::errc::not_connected ||
-                       shut.error() == std::errc::connection_reset;
-    finish(reset ? close_outcome::peer_reset : close_outcome::error, shut.error());
+    finish(close_outcome_of(classify(shut.error())), shut.error());
+  } else if (const std::error_code lost = s.connection_error()) {
+    finish(close_outcome_of(classify(lost)), lost);
   } else if (s.read_eof()) {
     finish(close_outcome::clean, {});  // the peer finished first: nothing left to drain
   } else {
-    const drain_result d = co_await drain(
-        s, drain_options{opts.drain_timeout, opts.max_drain_bytes, opts.buffer}, token);
+    const drain_result d = co_await drain_on(
+        pinned_socket(s), drain_options{opts.drain_timeout, opts.max_drain_bytes, opts.buffer}, token,
+        discard_data{});
     report.bytes_drained = d.bytes;
-    switch (d.outcome) {
-      case drain_outcome::eof: finish(close_outcome::clean, {}); break;
-      case drain_outcome::reset: finish(close_outcome::peer_reset, d.error); break;
-      case drain_outcome::deadline: finish(close_outcome::drain_timeout, d.error); break;
-      case drain_outcome::limit: finish(close_outcome::drain_limit, {}); break;
-      case drain_outcome::canceled: finish(close_outcome::canceled, d.error); break;
-      case drain_outcome::error: finish(close_outcome::error, d.error); break;
-    }
+    finish(close_outcome_of(d.outcome), d.error);
   }
   const bool abortive = report.outcome != close_outcome::clean &&
                         report.outcome != close_outcome::peer_reset;
@@ -171,6 +195,16 @@ template <stoppable_token Token = never_stop_token>
   if (!closed && !report.error) report.error = closed.error();
   report.elapsed = std::chrono::steady_clock::now() - t0;
   co_return report;
+}
+}  // namespace detail
+
+/// shutdown(SHUT_WR) (unless already done) → drain to EOF (deadline + cap) → close. Past the
+/// deadline or the cap, on a stop request or an error: abort (RST). Never blocks beyond
+/// drain_timeout. The stream may be moved or destroyed meanwhile (it then ends `canceled`).
+template <stoppable_token Token = never_stop_token>
+[[nodiscard]] task<close_report> graceful_close(stream& s, graceful_close_options opts = {},
+                                                Token token = {}) {
+  return detail::graceful_close_on(detail::pinned_socket(s), opts, std::move(token));
 }
 
 RINGNET_END_NAMESPACE

@@ -1,25 +1,34 @@
-// The one generic operation awaitable: fill one SQE, suspend, resume on its CQE.
+// The two awaitables everything in ringnet is built from, both on the one completion machinery
+// of detail/request.hpp:
 //
-// Every io_uring operation in ringnet is an `operation<Op, Token>` where Op is a small descriptor:
+// operation<Op, Token>: one kernel request. Op is a small descriptor:
 //
 //   struct recv_op {
-//     void prepare(io_uring_sqe*) noexcept;             // fill the SQE
-//     R complete(int res, std::uint32_t flags) noexcept; // res: >= 0 or -errno, mapped to R
-//     // optional: std::optional<int> try_inline() noexcept;  complete without the kernel
+//     void prepare(io_uring_sqe*) noexcept;               // fill the SQE
+//     R complete(int res, std::uint32_t flags) noexcept;  // the settled result (>= 0 or -errno)
+//     // optional: std::optional<int> try_inline() noexcept;   a result without the kernel
+//     // optional: void submitted(detail::request&) noexcept;  it is in flight (a socket counts it)
+//     // optional: int settle(detail::request&, int res, std::uint32_t flags) noexcept;  on the
+//     //           ring's thread at the final CQE, before anyone resumes: interpret the result,
+//     //           release what submitted() took; returns the result complete() will see
 //     // optional: static void discard(int res) noexcept;      nobody will see res (ring closing)
-//     // optional: static constexpr bool linkable_timeout = false;  runs in io-wq (FACTS #6)
-//     // optional: void submitted() noexcept; void completed() noexcept;  per-fd bookkeeping
+//     // optional: static constexpr bool linkable_timeout = false;   it runs in an io-wq worker,
+//     //           where a linked timeout never fires
 //   };
 //
-// Contract: the awaiter lives in the coroutine frame (no allocation); its address is user_data.
-// The coroutine resumes exactly once, on the operation's own CQE, never on a cancel's or a
-// timeout's. Stop before start: operation_canceled without touching the kernel. Stop during the
-// operation, from any thread: IORING_OP_ASYNC_CANCEL, issued on the ring's thread. A result that
-// won the race against its cancel is kept. A linked timeout surfaces as timed_out.
+// Contract: the awaiter lives in the coroutine frame (no allocation); the coroutine resumes
+// exactly once, on the request's own final CQE, never on a cancel's or a timeout's. Stop before
+// start: operation_canceled without touching the kernel. Stop during the request, from any
+// thread: IORING_OP_ASYNC_CANCEL, issued on the ring's thread. A result that won the race
+// against its cancel is kept. A linked timeout surfaces as timed_out.
+//
+// detail::waiting<Source, Token>: a wait on a shared source (a socket's received data, a
+// listener's accepted connections, a socket going idle). A stop ends the wait at once, on the
+// ring's thread, and leaves whatever the source holds for the next call.
 #pragma once
 
 #include <ringnet/config.hpp>
-#include <ringnet/detail/completion.hpp>
+#include <ringnet/detail/request.hpp>
 #include <ringnet/detail/ring.hpp>
 #include <ringnet/error.hpp>
 #include <ringnet/io_context.hpp>
@@ -27,7 +36,6 @@
 
 #include <liburing.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
@@ -43,12 +51,29 @@ inline constexpr std::chrono::nanoseconds no_timeout = std::chrono::nanoseconds:
 
 namespace detail {
 
-inline constexpr int erestartsys = 512;  // what a cancelled SPLICE was seen returning
-
 inline __kernel_timespec to_timespec(std::chrono::nanoseconds d) noexcept {
   if (d.count() < 0) d = std::chrono::nanoseconds::zero();
   return {static_cast<long long>(d.count() / 1'000'000'000),
           static_cast<long long>(d.count() % 1'000'000'000)};
+}
+
+// `t + d` on the steady clock, saturating at time_point::max() (no_timeout, or just far away).
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_clock::time_point t,
+                                                            std::chrono::nanoseconds d) noexcept {
+  using tp = std::chrono::steady_clock::time_point;
+  if (d.count() <= 0) return t;
+  if (d >= tp::max() - t) return tp::max();
+  return t + std::chrono::duration_cast<tp::duration>(d);
+}
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds d) noexcept {
+  return deadline_after(std::chrono::steady_clock::now(), d);
+}
+// What is left until `t` (zero once passed; no_timeout for time_point::max()).
+inline std::chrono::nanoseconds until(std::chrono::steady_clock::time_point t) noexcept {
+  if (t == std::chrono::steady_clock::time_point::max()) return no_timeout;
+  const auto left = t - std::chrono::steady_clock::now();
+  return left.count() > 0 ? std::chrono::duration_cast<std::chrono::nanoseconds>(left)
+                          : std::chrono::nanoseconds::zero();
 }
 
 template <class Op>
@@ -64,65 +89,11 @@ inline constexpr bool linkable_timeout_v = [] {
   else
     return true;
 }();
-
 template <class Op>
-concept submit_hooked = requires(Op& op) { op.submitted(); };
+concept submit_hooked = requires(Op& op, request& r) { op.submitted(r); };
 template <class Op>
-concept complete_hooked = requires(Op& op) { op.completed(); };
-
-// Turns a stop request (from any thread) into an ASYNC_CANCEL of `target`, issued on the ring's
-// thread. Lives next to the awaiting coroutine; settle() before that coroutine resumes.
-class canceller : public remote_node {
- public:
-  // `custom`, if given, replaces the ASYNC_CANCEL of `target` (still run on the ring's thread).
-  using custom_cancel = void (*)(std::uint64_t target) noexcept;
-  canceller(ring& r, std::uint64_t target, custom_cancel custom = nullptr) noexcept
-      : remote_node{&canceller::cancel_from_remote}, ring_(&r), target_(target), custom_(custom) {}
-  canceller(const canceller&) = delete;
-  canceller& operator=(const canceller&) = delete;
-
-  // The stop callback itself: never touches the SQ off the ring's thread.
-  void request() noexcept {
-    if (ring_->on_this_thread()) {
-      cancel_here();
-    } else {
-      remote_queued_.store(true, std::memory_order_release);
-      ring_->post_remote(this);
-    }
-  }
-  // The target's final CQE arrived. Call after deregistering the stop callback: our node may
-  // still sit in the remote stack, so drain it before the memory can go away.
-  void settle() noexcept {
-    finished_ = true;
-    if (remote_queued_.load(std::memory_order_acquire)) ring_->drain_remote();
-  }
-  void retarget(std::uint64_t target) noexcept { target_ = target; }
-  [[nodiscard]] ring& owner() const noexcept { return *ring_; }
-
-  struct callback_fn {
-    canceller* self;
-    void operator()() const noexcept { self->request(); }
-  };
-
- private:
-  void cancel_here() noexcept {
-    if (finished_ || sent_) return;
-    sent_ = true;
-    if (custom_)
-      custom_(target_);
-    else
-      ring_->cancel(target_);
-  }
-  static void cancel_from_remote(remote_node* n) noexcept {
-    static_cast<canceller&>(*n).cancel_here();
-  }
-
-  ring* ring_;
-  std::uint64_t target_;
-  custom_cancel custom_;
-  bool finished_ = false;
-  bool sent_ = false;
-  std::atomic<bool> remote_queued_{false};
+concept settling = requires(Op& op, request& r, int res, std::uint32_t flags) {
+  { op.settle(r, res, flags) } noexcept -> std::same_as<int>;
 };
 
 // A stop callback registration for any stoppable token; nothing at all for never_stop_token.
@@ -149,30 +120,35 @@ class stop_registration {
 }  // namespace detail
 
 template <class Op, stoppable_token Token = never_stop_token>
-class [[nodiscard]] operation : detail::completion {
+class [[nodiscard]] operation : detail::request {
  public:
   operation(io_context& ctx, Op op, Token token = {}) noexcept
-      : completion{&operation::on_complete},
-        op_(std::move(op)),
-        token_(std::move(token)),
-        cancel_(detail::ring_of(ctx), user_data()) {}
-
+      : operation(&detail::ring_of(ctx), std::move(op), std::move(token)) {}
   operation(io_context& ctx, Op op, Token token, std::chrono::nanoseconds timeout) noexcept
     requires detail::linkable_timeout_v<Op>
-      : operation(ctx, std::move(op), std::move(token)) {
-    timeout_ = timeout;
-  }
+      : operation(&detail::ring_of(ctx), std::move(op), std::move(token), timeout) {}
+
+  // On a ring that may be absent (a stream without a socket): then it completes with
+  // bad_file_descriptor at once.
+  operation(detail::ring* r, Op op, Token token = {},
+            std::chrono::nanoseconds timeout = no_timeout) noexcept
+      : request(&operation::on_cqe),
+        op_(std::move(op)),
+        token_(std::move(token)),
+        ring_(r),
+        cancel_(r, &operation::cancel_request, static_cast<detail::request*>(this)),
+        timeout_(detail::linkable_timeout_v<Op> ? timeout : no_timeout) {}
 
   // Movable until awaited (so combinators can take operations by value).
   operation(operation&& o) noexcept
-      : completion{&operation::on_complete},
-        op_(std::move(o.op_)),
-        token_(std::move(o.token_)),
-        cancel_(o.cancel_.owner(), user_data()),
-        timeout_(o.timeout_) {}
+      : operation(o.ring_, std::move(o.op_), std::move(o.token_), o.timeout_) {}
   operation& operator=(operation&&) = delete;
 
   bool await_ready() noexcept {
+    if (!ring_) {
+      res_ = -EBADF;
+      return true;
+    }
     if constexpr (detail::inline_completing<Op>) {
       if (std::optional<int> r = op_.try_inline()) {
         res_ = *r;
@@ -188,21 +164,18 @@ class [[nodiscard]] operation : detail::completion {
 
   void await_suspend(std::coroutine_handle<> waiter) noexcept {
     waiter_ = waiter;
-    detail::ring& r = cancel_.owner();
     const bool timed = timeout_ != no_timeout;
-    io_uring_sqe* sqe = r.get_sqes(timed ? 2u : 1u);
+    io_uring_sqe* sqe = start(*ring_, timed ? 2u : 1u);
     op_.prepare(sqe);
-    io_uring_sqe_set_data64(sqe, user_data());
     if (timed) {
       sqe->flags |= IOSQE_IO_LINK;
-      deadline_ = std::chrono::steady_clock::now() + timeout_;
+      deadline_ = detail::deadline_after(timeout_);
       ts_ = detail::to_timespec(timeout_);
-      io_uring_sqe* t = r.next_sqe();
+      io_uring_sqe* t = ring_->next_sqe();
       io_uring_prep_link_timeout(t, &ts_, 0);
       io_uring_sqe_set_data64(t, detail::ignore_cqe);
     }
-    r.op_started();
-    if constexpr (detail::submit_hooked<Op>) op_.submitted();
+    if constexpr (detail::submit_hooked<Op>) op_.submitted(*this);
     stop_.arm(token_, cancel_);
   }
 
@@ -211,30 +184,26 @@ class [[nodiscard]] operation : detail::completion {
   }
 
  private:
-  [[nodiscard]] std::uint64_t user_data() noexcept {
-    return reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
-  }
+  static void cancel_request(void* r) noexcept { static_cast<detail::request*>(r)->cancel(); }
 
-  static void on_complete(detail::completion* c, int res, std::uint32_t flags) noexcept {
-    auto* self = static_cast<operation*>(c);
-    detail::ring& r = self->cancel_.owner();
-    r.op_finished();
-    self->stop_.disarm();
-    self->cancel_.settle();
-    if constexpr (detail::complete_hooked<Op>) self->op_.completed();
-    if (r.draining()) {
+  static void on_cqe(detail::request& req, int res, std::uint32_t flags) noexcept {
+    auto& self = static_cast<operation&>(req);
+    self.stop_.disarm();
+    self.cancel_.settle();
+    if constexpr (detail::settling<Op>) res = self.op_.settle(req, res, flags);
+    if (self.ring_->draining()) {
       if constexpr (detail::discarding<Op>) Op::discard(res);
       return;
     }
-    self->res_ = self->classify(res);
-    self->cqe_flags_ = flags;
-    self->waiter_.resume();
+    self.res_ = self.classify(res);
+    self.cqe_flags_ = flags;
+    self.waiter_.resume();
   }
 
-  // -ECANCELED / -EINTR (io-wq) / -ERESTARTSYS all mean "cancelled": by our stop token, by our
-  // linked timeout, or by someone cancelling the fd (close).
+  // A cancelled request was cancelled by our stop token, by our linked timeout, or by someone
+  // cancelling everything on the socket (close).
   [[nodiscard]] int classify(int res) const noexcept {
-    if (res >= 0 || (res != -ECANCELED && res != -EINTR && res != -detail::erestartsys)) return res;
+    if (!detail::cancelled_result(res)) return res;
     if (token_.stop_requested()) return -ECANCELED;
     if (timeout_ != no_timeout && std::chrono::steady_clock::now() >= deadline_) return -ETIMEDOUT;
     return -ECANCELED;
@@ -242,6 +211,7 @@ class [[nodiscard]] operation : detail::completion {
 
   Op op_;
   [[no_unique_address]] Token token_;
+  detail::ring* ring_;
   detail::canceller cancel_;
   detail::stop_registration<Token> stop_;
   std::coroutine_handle<> waiter_;
@@ -253,6 +223,76 @@ class [[nodiscard]] operation : detail::completion {
 };
 
 namespace detail {
+
+// A source a coroutine can wait on (see waiting below):
+//   ring* owner();                 null: there is nothing to wait on (completes with EBADF)
+//   int poll();                    waiter::pending to wait; else the result to give now
+//   void enqueue(waiter&);         suspend on it (and start what will wake it)
+//   void dequeue(waiter&);         the waiter's stop came first: forget it
+//   R complete(int res);           the result for the caller
+template <class S>
+concept wait_source = requires(S& s, waiter& w, int res) {
+  { s.owner() } noexcept -> std::same_as<ring*>;
+  { s.poll() } noexcept -> std::same_as<int>;
+  s.enqueue(w);
+  s.dequeue(w);
+  s.complete(res);
+};
+
+template <wait_source Source, stoppable_token Token>
+class [[nodiscard]] waiting {
+ public:
+  waiting(Source src, Token token) noexcept
+      : src_(std::move(src)), token_(std::move(token)), cancel_(src_.owner(), &waiting::end_wait, this) {}
+  waiting(waiting&& o) noexcept : waiting(std::move(o.src_), std::move(o.token_)) {}  // before start
+  waiting& operator=(waiting&&) = delete;
+  ~waiting() {  // a frame destroyed while it waits (its ring is being destroyed)
+    stop_.disarm();
+    if (w_.queued) src_.dequeue(w_);
+    if (w_.coro) cancel_.settle();
+  }
+
+  bool await_ready() noexcept {
+    if (!src_.owner()) {
+      w_.res = -EBADF;
+      return true;
+    }
+    if (token_.stop_requested()) {
+      w_.res = -ECANCELED;
+      return true;
+    }
+    w_.res = src_.poll();
+    return w_.res != waiter::pending;
+  }
+  void await_suspend(std::coroutine_handle<> h) noexcept {
+    w_.coro = h;
+    src_.enqueue(w_);
+    stop_.arm(token_, cancel_);
+  }
+  decltype(auto) await_resume() noexcept {
+    if (w_.coro) {
+      stop_.disarm();
+      cancel_.settle();
+    }
+    return src_.complete(w_.res);
+  }
+
+ private:
+  static void end_wait(void* p) noexcept {
+    auto& self = *static_cast<waiting*>(p);
+    if (!self.w_.queued) return;  // already woken: what woke it stands
+    self.src_.dequeue(self.w_);
+    self.w_.res = -ECANCELED;
+    self.src_.owner()->post(self.w_.coro);
+  }
+
+  Source src_;
+  [[no_unique_address]] Token token_;
+  canceller cancel_;
+  stop_registration<Token> stop_;
+  waiter w_;
+};
+
 // Result helpers for descriptors.
 inline result<std::size_t> size_result(int res) noexcept {
   if (res < 0) return errno_code(-res);

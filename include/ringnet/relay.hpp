@@ -10,11 +10,10 @@
 
 #include <ringnet/buffer.hpp>
 #include <ringnet/config.hpp>
-#include <ringnet/detail/completion.hpp>
 #include <ringnet/detail/relay_buffer.hpp>
+#include <ringnet/detail/relay_pipe.hpp>
+#include <ringnet/detail/request.hpp>
 #include <ringnet/detail/ring.hpp>
-#include <ringnet/detail/socket_ops.hpp>
-#include <ringnet/detail/splice.hpp>
 #include <ringnet/error.hpp>
 #include <ringnet/io_context.hpp>
 #include <ringnet/lifecycle.hpp>
@@ -143,15 +142,15 @@ class relay_signal {
 
 // One direction, src → dst.
 struct relay_flow {
-  relay_flow(stream& from, stream& to) noexcept : src(&from), dst(&to) {}
-  stream* src;
-  stream* dst;
+  relay_flow(pinned_socket& from, pinned_socket& to) noexcept : src(&from), dst(&to) {}
+  pinned_socket* src;
+  pinned_socket* dst;
   relay_direction_result out{};
   bool running = true;
   std::size_t buffered = 0;  // read from src, not yet delivered to dst
   std::chrono::steady_clock::time_point last{};  // a byte moved (kept only with an idle timeout)
   // copy: a circular buffer that one recv fills while one send drains it
-  mutable_buffer buf{};
+  std::span<std::byte> buf{};
   std::size_t head = 0;
   bool eof = false;
   relay_signal has_data;
@@ -160,25 +159,39 @@ struct relay_flow {
   relay_pipe pipe;
 };
 
-// The relay's state; lives in relay()'s frame. It is also the completion of the relay's watchdog:
-// one IORING_OP_TIMEOUT armed for the earliest deadline (idle, half-close, stop grace). An
-// explicit timer because a linked timeout cannot follow a splice (URING_TCP_FACTS #6), and on
-// the copy path it would cost an SQE and a kernel timer per operation; here operations only
-// record when bytes moved, and the timer re-checks when it fires. A stop request from any thread
-// cancels the timer (through a canceller), which makes it check at once.
-class relay_core : completion {
+// The relay's state; lives in relay()'s frame, with both sockets pinned (the streams may be moved
+// or destroyed meanwhile). Its watchdog is one IORING_OP_TIMEOUT armed for the earliest deadline
+// (idle, half-close, stop grace): an explicit timer because a linked timeout never fires behind
+// a splice (it runs in an io-wq worker), and on the copy path it would cost an SQE and a kernel
+// timer per operation; here operations only record when bytes moved, and the timer re-checks
+// when it fires. A stop request from any thread cancels the timer (through a canceller), which
+// makes it check at once.
+class relay_core {
   using clock = std::chrono::steady_clock;
 
  public:
   relay_core(stream& a, stream& b, const relay_options& opts) noexcept
-      : completion{&relay_core::on_timer},
-        ctx_(&a.context()),
-        ring_(&ring_of(a.context())),
+      : a_(a),
+        b_(b),
+        ring_(a_.owner()),
         opts_(opts),
-        flows_{relay_flow(a, b), relay_flow(b, a)},
-        user_stop_(*ring_, user_data()) {}
+        flows_{relay_flow(a_, b_), relay_flow(b_, a_)},
+        timer_(*this),
+        user_stop_(ring_, &relay_core::cancel_timer, this),
+        start_(clock::now()) {}
   relay_core(const relay_core&) = delete;
   relay_core& operator=(const relay_core&) = delete;
+
+  // Both streams open, on one context.
+  [[nodiscard]] std::error_code usable() const noexcept {
+    if (!ring_ || !a_.is_open() || !b_.is_open() || b_.owner() != ring_)
+      return std::make_error_code(std::errc::bad_file_descriptor);
+    return {};
+  }
+  // Nothing ran: both directions report `ec`.
+  void refuse(std::error_code ec) noexcept {
+    for (relay_flow& f : flows_) ended(f, relay_end::error, ec);
+  }
 
   // The caller's stop token: asked on every check, its callback cancels the watchdog timer.
   template <class Token>
@@ -193,13 +206,12 @@ class relay_core : completion {
 
   // Runs both directions until both ended.
   task<void> run() {
-    start_ = clock::now();
     for (relay_flow& f : flows_) f.last = start_;
     check();
-    if (opts_.path == relay_path::splice && ctx_->supports(IORING_OP_SPLICE)) {
+    if (opts_.path == relay_path::splice && ring_->caps().splice_op) {
       for (relay_flow& f : flows_) {
-        if (auto r = f.pipe.open(opts_.buffer_size); !r) {
-          fail(f, r.error());
+        if (const int r = f.pipe.open(opts_.buffer_size); r < 0) {
+          fail(f, errno_code(-r));
           co_return;
         }
       }
@@ -217,10 +229,10 @@ class relay_core : completion {
   // After run() (and after the stop callback is gone): waits until the watchdog is disarmed.
   auto quiesce() noexcept {
     finished_ = true;
-    if (armed_) ring_->cancel(user_data());
+    timer_.cancel();
     struct awaiter {
       relay_core* c;
-      bool await_ready() const noexcept { return !c->armed_; }
+      bool await_ready() const noexcept { return !c->timer_.in_flight(); }
       void await_suspend(std::coroutine_handle<> h) const noexcept { c->timer_waiter_ = h; }
       void await_resume() const noexcept { c->user_stop_.settle(); }
     };
@@ -232,24 +244,20 @@ class relay_core : completion {
     relay_result r{flows_[0].out, flows_[1].out, {}};
     const bool clean = !force_reset && !flows_[0].running && !flows_[1].running && r.clean();
     for (relay_flow& f : flows_) f.pipe.close();
-    stream& a = *flows_[0].src;
-    stream& b = *flows_[0].dst;
     // Close errors are ignored: the descriptor is released either way and nothing in flight.
     if (clean) {
-      (void)co_await a.close();
-      (void)co_await b.close();
+      (void)co_await a_.close();
+      (void)co_await b_.close();
     } else {
-      (void)co_await a.abort();
-      (void)co_await b.abort();
+      (void)co_await a_.abort();
+      (void)co_await b_.abort();
     }
     r.elapsed = clock::now() - start_;
     co_return r;
   }
 
  private:
-  [[nodiscard]] std::uint64_t user_data() noexcept {
-    return reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
-  }
+  static void cancel_timer(void* self) noexcept { static_cast<relay_core*>(self)->timer_.cancel(); }
 
   // ---- data paths ------------------------------------------------------------------------
   // After every await: if the relay is aborting, whatever the operation returned (cancelled, or
@@ -303,22 +311,20 @@ class relay_core : completion {
   }
 
   // Alternates socket → pipe and pipe → socket, never both at once: a socket → pipe splice holds
-  // the pipe's lock while it runs. It runs only once data is queued (readable_op says why).
+  // the pipe's lock while it runs. It splices only once data is queued: a splice waiting for data
+  // would hold an io-wq worker (a kernel thread per idle connection), and the kernel files it
+  // under the pipe, so cancelling everything on the socket (stream::cancel()) would miss it.
   task<void> splice_flow(relay_flow& f) {
-    fd_state& src = state_of(*f.src);
-    fd_state& dst = state_of(*f.dst);
     for (;;) {
       if (auto queued = f.src->unread_bytes(); !queued || *queued == 0) {
-        auto ready = co_await operation<readable_op, inplace_stop_token>(*ctx_, readable_op{{&src}},
-                                                                         abort_.get_token());
+        auto ready = co_await f.src->wait_readable(abort_.get_token());
         if (aborting_) co_return;
         if (!ready) {
           fail(f, ready.error());
           co_return;
         }
       }
-      auto in = co_await operation<splice_op<false>, inplace_stop_token>(
-          *ctx_, splice_op<false>{{&src}, f.pipe.write_fd(), f.pipe.capacity()}, abort_.get_token());
+      auto in = co_await f.src->splice_to(f.pipe.write_fd(), f.pipe.capacity(), abort_.get_token());
       if (aborting_) co_return;
       if (!in) {
         fail(f, in.error());
@@ -328,9 +334,7 @@ class relay_core : completion {
       f.buffered = *in;
       moved(f);
       while (f.buffered > 0) {
-        auto out = co_await operation<splice_op<true>, inplace_stop_token>(
-            *ctx_, splice_op<true>{{&dst}, f.pipe.read_fd(), static_cast<unsigned>(f.buffered)},
-            abort_.get_token());
+        auto out = co_await f.dst->splice_from(f.pipe.read_fd(), f.buffered, abort_.get_token());
         if (out) f.out.bytes += *out;
         if (aborting_) co_return;
         if (!out || *out == 0) {  // 0 from a non-empty pipe would spin: treat it as the error it is
@@ -355,7 +359,7 @@ class relay_core : completion {
     const relay_flow& other = &f == &flows_[0] ? flows_[1] : flows_[0];
     if (!other.running) co_return;
     if (opts_.half_close_timeout != no_timeout)
-      half_deadline_ = after(clock::now(), opts_.half_close_timeout);
+      half_deadline_ = deadline_after(opts_.half_close_timeout);
     // The other direction alone decides idleness now, and the half-close deadline may be the
     // earliest: re-check.
     if (opts_.half_close_timeout != no_timeout || opts_.idle_timeout != no_timeout) poke();
@@ -375,11 +379,13 @@ class relay_core : completion {
 
   void fail(relay_flow& f, std::error_code ec) {
     relay_end e = relay_end::error;
-    if (ec == std::errc::operation_canceled)
-      e = relay_end::canceled;
-    else if (ec == std::errc::connection_reset || ec == std::errc::broken_pipe ||
-             ec == std::errc::not_connected)
-      e = relay_end::reset;
+    switch (classify(ec)) {
+      case error_kind::canceled: e = relay_end::canceled; break;
+      case error_kind::reset: e = relay_end::reset; break;
+      case error_kind::none:
+      case error_kind::timed_out:
+      case error_kind::other: break;
+    }
     ended(f, e, ec);
     abort(relay_end::aborted);
   }
@@ -398,11 +404,6 @@ class relay_core : completion {
   }
 
   // ---- the watchdog ----------------------------------------------------------------------
-  static clock::time_point after(clock::time_point t, std::chrono::nanoseconds d) noexcept {
-    if (d == no_timeout || d > clock::time_point::max() - t) return clock::time_point::max();
-    return t + std::chrono::duration_cast<clock::duration>(d);
-  }
-
   // Aborts when a deadline has passed, else arms the timer for the earliest one. Only while the
   // timer is not armed.
   void check() {
@@ -410,7 +411,7 @@ class relay_core : completion {
     const auto now = clock::now();
     if (!stop_seen_ && stop_requested_ && stop_requested_(token_)) {
       stop_seen_ = true;
-      stop_deadline_ = after(now, opts_.stop_grace);
+      stop_deadline_ = deadline_after(now, opts_.stop_grace);
     }
     clock::time_point when = stop_deadline_;
     relay_end why = relay_end::canceled;
@@ -426,7 +427,8 @@ class relay_core : completion {
       for (const relay_flow& f : flows_)
         if (f.running) quiet = std::max(quiet, f.last);
       for (const relay_flow& f : flows_)
-        if (f.running) consider(after(f.buffered ? f.last : quiet, opts_.idle_timeout), relay_end::idle_timeout);
+        if (f.running) consider(deadline_after(f.buffered ? f.last : quiet, opts_.idle_timeout),
+                             relay_end::idle_timeout);
     }
     if (when <= now) {
       abort(why);
@@ -439,39 +441,34 @@ class relay_core : completion {
 
   void arm(clock::time_point t) noexcept {
     ts_ = to_timespec(t.time_since_epoch());
-    io_uring_sqe* sqe = ring_->get_sqes(1);
-    io_uring_prep_timeout(sqe, &ts_, 0, IORING_TIMEOUT_ABS);
-    io_uring_sqe_set_data64(sqe, user_data());
-    ring_->op_started();
-    armed_ = true;
+    io_uring_prep_timeout(timer_.start(*ring_), &ts_, 0, IORING_TIMEOUT_ABS);
   }
 
   // A deadline may have moved earlier: have the timer fire now (its CQE runs check()).
   void poke() {
-    if (armed_)
-      ring_->cancel(user_data());
+    if (timer_.in_flight())
+      timer_.cancel();
     else
       check();
   }
 
   // Expired, cancelled by a stop request, or poked: whatever the reason, check.
-  static void on_timer(completion* c, int, std::uint32_t) noexcept {
-    auto* self = static_cast<relay_core*>(c);
-    self->armed_ = false;
-    self->ring_->op_finished();
-    if (self->ring_->draining()) return;
-    if (self->finished_) {
-      if (self->timer_waiter_) std::exchange(self->timer_waiter_, {}).resume();
+  void on_timer(int, std::uint32_t) noexcept {
+    if (ring_->draining()) return;
+    if (finished_) {
+      if (timer_waiter_) std::exchange(timer_waiter_, {}).resume();
       return;
     }
-    self->check();
+    check();
   }
 
-  io_context* ctx_;
+  pinned_socket a_;
+  pinned_socket b_;
   ring* ring_;
   relay_options opts_;
   relay_flow flows_[2];  // a → b, b → a
   inplace_stop_source abort_;  // stops every relay operation in flight
+  member_request<relay_core, &relay_core::on_timer> timer_;
   canceller user_stop_;        // the caller's stop cancels the watchdog timer
   const void* token_ = nullptr;
   bool (*stop_requested_)(const void*) noexcept = nullptr;
@@ -483,7 +480,6 @@ class relay_core : completion {
   std::coroutine_handle<> timer_waiter_;
   bool stop_seen_ = false;
   bool aborting_ = false;
-  bool armed_ = false;
   bool finished_ = false;
 };
 
@@ -493,12 +489,18 @@ class relay_core : completion {
 /// cleanly when both FINs were forwarded, with RST on both otherwise (see the header comment and
 /// relay_options for timeouts). A stop request through `token` resets both sides once
 /// options.stop_grace has passed without the connection ending by itself. Both streams must
-/// belong to the same io_context, with no other operation in flight on them; the relay owns them
-/// until it returns, and they are closed afterwards.
+/// belong to the same io_context, with no other operation in flight on them (else both
+/// directions end `error`, bad_file_descriptor); the relay owns them until it returns, and they
+/// are closed afterwards. They may be moved or destroyed meanwhile: the relay then ends
+/// `canceled` and resets both sockets.
 template <stoppable_token Token = never_stop_token>
 [[nodiscard]] task<relay_result> relay(stream& a, stream& b, relay_options options = {},
                                        Token token = {}) {
   detail::relay_core core(a, b, options);
+  if (const std::error_code ec = core.usable()) {
+    core.refuse(ec);
+    co_return co_await core.close(true);
+  }
   core.watch(token);
   detail::stop_registration<Token> on_stop;
   on_stop.arm(token, core.stop_canceller());

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/intrusive_list.hpp>
 #include <ringnet/io_context.hpp>
 #include <ringnet/lifecycle.hpp>
 #include <ringnet/listener.hpp>
@@ -111,18 +112,18 @@ class server {
   /// (their in-flight operations are cancelled) and waits for their tasks to end.
   [[nodiscard]] task<shutdown_report> shutdown(std::chrono::nanoseconds grace) {
     const auto t0 = std::chrono::steady_clock::now();
-    deadline_ = t0 + grace;
+    deadline_ = detail::deadline_after(t0, grace);
     shutting_down_ = true;
     listener_.close();  // a pending next() completes canceled: run() returns
-    for (connection* c = head_; c; c = c->next) c->finish.request_stop();
+    connections_.for_each([](connection& c) { c.finish.request_stop(); });
     inplace_stop_source all_done;
     all_done_ = &all_done;
     if (busy_ > 0) (void)co_await sleep_until(*ctx_, deadline_, all_done.get_token());
-    for (connection* c = head_; c; c = c->next) {  // grace expired: reset what is left
-      if (c->closing) continue;  // its drain deadline is the grace deadline: it ends by itself
-      c->abort.request_stop();
-      c->s.cancel();
-    }
+    connections_.for_each([](connection& c) {  // grace expired: reset what is left
+      if (c.closing) return;  // its drain deadline is the grace deadline: it ends by itself
+      c.abort.request_stop();
+      c.s.cancel();
+    });
     while (busy_ > 0) (void)co_await sleep_for(*ctx_, std::chrono::seconds(1), all_done.get_token());
     all_done_ = nullptr;
     report_.elapsed = std::chrono::steady_clock::now() - t0;
@@ -192,15 +193,12 @@ class server {
   }
 
   void link(connection& c) noexcept {
-    c.next = head_;
-    if (head_) head_->prev = &c;
-    head_ = &c;
+    connections_.push_front(c);
     ++active_;
     ++busy_;
   }
   void unlink(connection& c) noexcept {
-    (c.prev ? c.prev->next : head_) = c.next;
-    if (c.next) c.next->prev = c.prev;
+    connections_.remove(c);
     --active_;
   }
   // busy_ counts the accept loop and every connection task; shutdown waits for all of them.
@@ -212,7 +210,7 @@ class server {
   listener listener_;
   Handler handler_;
   server_options opts_;
-  connection* head_ = nullptr;
+  detail::intrusive_list<connection> connections_;
   std::size_t active_ = 0;
   std::size_t busy_ = 0;
   bool shutting_down_ = false;

@@ -37,8 +37,11 @@ class signal_set {
   signal_set(io_context& ctx, std::initializer_list<int> signals) : ctx_(&ctx) {
     sigset_t set;
     sigemptyset(&set);
-    for (int s : signals) sigaddset(&set, s);
-    if (::pthread_sigmask(SIG_BLOCK, &set, &saved_) != 0) throw_error(errno_code(errno), "sigmask");
+    for (int s : signals) {
+      if (sigaddset(&set, s) != 0) throw_error(errno_code(errno), "signal_set: not a signal number");
+    }
+    // pthread_sigmask returns its error instead of setting errno.
+    if (const int e = ::pthread_sigmask(SIG_BLOCK, &set, &saved_); e != 0) throw_error(errno_code(e), "sigmask");
     fd_ = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (fd_ < 0) {
       const int e = errno;

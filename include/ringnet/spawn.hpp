@@ -20,7 +20,7 @@ namespace detail {
 // A fire-and-forget coroutine owned by its ring: linked in on start, unlinked and freed at the
 // end; a ring that is destroyed first destroys the frame itself.
 struct detached_task {
-  struct promise_type : detached_link, remote_node, pooled_frame {
+  struct promise_type : detached_link, remote_node, pooled {
     ring* owner = nullptr;
     detached_task get_return_object() noexcept {
       frame = std::coroutine_handle<promise_type>::from_promise(*this);
@@ -84,18 +84,21 @@ void spawn(io_context& ctx, Awaitable&& aw, ErrorSink on_error) {
 }
 
 /// Runs `ctx` on this thread until `aw` completes, then returns its result (or rethrows). Other
-/// work on the context keeps running meanwhile; stop() does not interrupt sync_wait.
+/// work on the context keeps running meanwhile; stop() does not interrupt sync_wait (it blocks
+/// in the kernel as usual). From a coroutine running on `ctx` itself it throws
+/// std::system_error (resource_deadlock_would_occur): that loop is already running.
 template <class Awaitable>
 auto sync_wait(io_context& ctx, Awaitable&& aw) -> await_result_t<Awaitable> {
   using T = await_result_t<Awaitable>;
   using A = std::remove_cvref_t<Awaitable>;
   detail::ring& r = detail::ring_of(ctx);
+  r.check_runnable_here();
   detail::join_slot<T> slot;
   detail::join_counter counter(1);  // a join of one, whose "parent" is this loop
   detail::join_child child = detail::join_body<A, T>(A(std::forward<Awaitable>(aw)), slot);
   child.coro.promise().counter = &counter;
   r.post(child.coro);
-  while (counter.remaining.load(std::memory_order_acquire) > 1) r.run_turn(true);
+  while (counter.remaining.load(std::memory_order_acquire) > 1) r.run_turn(true, false);
   if (slot.error) std::rethrow_exception(slot.error);
   r.rethrow_unhandled();
   if constexpr (!std::is_void_v<T>) return std::move(*slot.value);

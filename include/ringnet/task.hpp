@@ -18,7 +18,7 @@ class task;
 
 namespace detail {
 
-struct task_promise_base : pooled_frame {
+struct task_promise_base : pooled {
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class Promise>

@@ -1,7 +1,7 @@
 // The two intrusive hooks everything in the engine hangs on; no allocation anywhere.
 #pragma once
 
-#include <ringnet/config.hpp>
+#include <ringnet/detail/config.hpp>
 
 #include <atomic>
 #include <cstdint>

@@ -1,9 +1,9 @@
-// Per-thread recycling of coroutine frames, so a connection's tasks cost no malloc in steady
-// state. Frames are binned in power-of-two classes from 64 B to 64 KiB (a frame may hold an I/O
+// Per-thread recycling of coroutine frames and per-connection state, so a connection costs no
+// malloc in steady state. Frames are binned in power-of-two classes from 64 B to 64 KiB (a frame may hold an I/O
 // buffer); larger ones go to the heap. config.hpp decides whether the pool is used.
 #pragma once
 
-#include <ringnet/config.hpp>
+#include <ringnet/detail/config.hpp>
 
 #include <cstddef>
 #include <new>
@@ -31,7 +31,7 @@ class frame_pool {
     }
   }
 
-  static frame_pool& local() noexcept {
+  RINGNET_TLS_ACCESSOR static frame_pool& local() noexcept {
     static thread_local frame_pool pool;
     return pool;
   }
@@ -65,8 +65,9 @@ class frame_pool {
   std::size_t count_[classes] = {};
 };
 
-// Base for promise types: routes frame allocation through the pool.
-struct pooled_frame {
+// Base for promise types and per-connection state: allocation through this thread's pool (a
+// block freed on another thread joins that thread's pool).
+struct pooled {
 #ifdef RINGNET_DETAIL_FRAME_POOL
   static void* operator new(std::size_t n) { return frame_pool::local().allocate(n); }
   static void operator delete(void* p, std::size_t n) noexcept {

@@ -3,7 +3,7 @@
 // one finishes.
 #pragma once
 
-#include <ringnet/config.hpp>
+#include <ringnet/detail/config.hpp>
 #include <ringnet/detail/frame_pool.hpp>
 
 #include <atomic>
@@ -28,7 +28,7 @@ struct join_counter {
 };
 
 struct join_child {
-  struct promise_type : pooled_frame {
+  struct promise_type : pooled {
     join_counter* counter = nullptr;
     join_child get_return_object() noexcept {
       return join_child{std::coroutine_handle<promise_type>::from_promise(*this)};

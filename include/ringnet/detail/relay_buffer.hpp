@@ -3,12 +3,12 @@
 // Under AddressSanitizer the pool steps aside so use-after-free stays detectable.
 #pragma once
 
-#include <ringnet/buffer.hpp>
-#include <ringnet/config.hpp>  // RINGNET_DETAIL_ASAN
+#include <ringnet/detail/config.hpp>  // RINGNET_DETAIL_ASAN
 
 #include <algorithm>
 #include <cstddef>
 #include <new>
+#include <span>
 #include <utility>
 
 RINGNET_BEGIN_NAMESPACE
@@ -39,7 +39,7 @@ class relay_buffer_pool {
     }
   }
 
-  static relay_buffer_pool& local() noexcept {
+  RINGNET_TLS_ACCESSOR static relay_buffer_pool& local() noexcept {
     static thread_local relay_buffer_pool pool;
     return pool;
   }
@@ -87,7 +87,7 @@ class relay_buffer {
   ~relay_buffer() {
     if (data_) relay_buffer_pool::local().give(data_, size_);
   }
-  [[nodiscard]] mutable_buffer span() const noexcept { return {data_, size_}; }
+  [[nodiscard]] std::span<std::byte> span() const noexcept { return {data_, size_}; }
 
  private:
   std::byte* data_ = nullptr;

@@ -1,10 +1,15 @@
 // The engine under io_context: one io_uring driven by one thread. Submissions are batched into one
 // io_uring_enter per loop turn; completions are reaped in bulk and dispatched through user_data.
+//
+// Lifetimes: everything that holds kernel state on the ring (a socket's state, a listener's
+// accept queue, a provided-buffer group) registers as a ring_resource. Destroying the ring
+// cancels every request and waits for every completion, destroys the frames of detached tasks,
+// then tells each resource still alive that the ring is gone, so none of them touches it later.
 #pragma once
 
-#include <ringnet/config.hpp>
 #include <ringnet/detail/completion.hpp>
-#include <ringnet/error.hpp>
+#include <ringnet/detail/config.hpp>
+#include <ringnet/detail/intrusive_list.hpp>
 
 #include <liburing.h>
 #include <sys/eventfd.h>
@@ -18,29 +23,36 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 RINGNET_BEGIN_NAMESPACE
-
-/// How the ring was set up, most capable first. Set-up falls back down this list.
-enum class ring_mode {
-  defer_taskrun,  // SINGLE_ISSUER | DEFER_TASKRUN: completions run only inside our own enter
-  coop_taskrun,   // COOP_TASKRUN: no IPIs, task work runs at the next enter
-  basic,          // plain io_uring_setup
-};
-
-using opcode_set = std::bitset<256>;
-
-struct io_context_options {
-  unsigned entries = 256;                      // SQ size
-  unsigned cq_entries = 0;                     // 0: 16 × entries (multishot bursts)
-  ring_mode mode = ring_mode::defer_taskrun;   // the most capable mode to try
-  opcode_set disabled_ops;                     // treated as unsupported (forces fallbacks)
-};
-
 namespace detail {
+
+// How to set the ring up (io_context_options, minus the public vocabulary).
+struct ring_setup {
+  unsigned entries = 256;
+  unsigned cq_entries = 0;  // 0: 16 × entries (multishot bursts)
+  int weakest_first = 0;    // 0: try DEFER_TASKRUN first, 1: COOP_TASKRUN first, 2: no flags
+  std::bitset<256> disabled_ops;
+};
+
+// What the kernel can do, by name. The probe lists opcodes, not flags: where a capability is a
+// flag or a mode of an older opcode, it is read from an opcode that came with the same kernel.
+struct ring_caps {
+  bool socket_op = false;         // IORING_OP_SOCKET (5.19)
+  bool shutdown_op = false;       // IORING_OP_SHUTDOWN (5.11)
+  bool close_op = false;          // IORING_OP_CLOSE (5.6)
+  bool splice_op = false;         // IORING_OP_SPLICE (5.7)
+  bool multishot_accept = false;  // IORING_ACCEPT_MULTISHOT: 5.19, like IORING_OP_SOCKET
+  bool multishot_recv = false;    // IORING_RECV_MULTISHOT: 6.0, like IORING_OP_SEND_ZC
+};
+
+[[noreturn]] inline void throw_system_error(int e, const char* what) {
+  RINGNET_THROW(std::system_error(std::error_code(e, std::system_category()), what));
+}
 
 // Intrusive membership of a detached (spawned) coroutine in its ring.
 struct detached_link {
@@ -49,20 +61,34 @@ struct detached_link {
   std::coroutine_handle<> frame;
 };
 
+// Something alive beyond single requests that holds state on the ring (see the header comment).
+struct ring_resource {
+  using gone_fn = void (*)(ring_resource*) noexcept;
+  explicit ring_resource(gone_fn fn) noexcept : gone(fn) {}
+  gone_fn gone;
+  ring_resource* prev = nullptr;
+  ring_resource* next = nullptr;
+};
+
 class ring;
-inline thread_local ring* current_ring = nullptr;
+RINGNET_TLS_ACCESSOR inline ring*& current_ring() noexcept {
+  static thread_local ring* current = nullptr;
+  return current;
+}
 
 class ring {
  public:
-  explicit ring(const io_context_options& opts) {
-    setup(opts);
+  explicit ring(const ring_setup& s) {
+    setup(s);
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) {
-      int e = errno;
+      const int e = errno;
       io_uring_queue_exit(&ring_);
-      throw_error(errno_code(e), "eventfd");
+      throw_system_error(e, "eventfd");
     }
-    probe(opts.disabled_ops);
+    probe(s.disabled_ops);
+    ready_.reserve(64);
+    running_.reserve(64);
   }
 
   ring(const ring&) = delete;
@@ -78,19 +104,27 @@ class ring {
   [[nodiscard]] bool supports(unsigned opcode) const noexcept {
     return opcode < ops_.size() && ops_.test(opcode);
   }
-  [[nodiscard]] ring_mode mode() const noexcept { return mode_; }
+  [[nodiscard]] const ring_caps& caps() const noexcept { return caps_; }
+  [[nodiscard]] int mode_index() const noexcept { return mode_; }
   [[nodiscard]] unsigned setup_flags() const noexcept { return ring_.flags; }
-  [[nodiscard]] bool on_this_thread() const noexcept { return current_ring == this; }
+  [[nodiscard]] bool on_this_thread() const noexcept { return current_ring() == this; }
+  // Whether this thread may touch the ring's queues: it runs a turn of it right now, or it is the
+  // thread the ring belongs to (or none yet) and no turn runs. The check behind RINGNET_ASSERT.
+  [[nodiscard]] bool owned_here() const noexcept {
+    if (on_this_thread()) return true;
+    const std::thread::id owner = owner_.load(std::memory_order_relaxed);
+    return owner == std::thread::id{} || owner == std::this_thread::get_id();
+  }
   [[nodiscard]] io_uring& native() noexcept { return ring_; }
+  // True while the ring is being destroyed: completions settle but resume nobody.
   [[nodiscard]] bool draining() const noexcept { return draining_; }
-  [[nodiscard]] std::size_t in_flight() const noexcept { return in_flight_; }
-  [[nodiscard]] bool cq_nodrop() const noexcept { return nodrop_; }
   // Provided-buffer group ids are per ring.
   [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_buffer_group_++; }
 
   // ---- submission (ring thread only) ---------------------------------------------------
   // `n` consecutive SQEs (for links). A full SQ is submitted first: nothing is ever dropped.
   io_uring_sqe* get_sqes(unsigned n) noexcept {
+    RINGNET_ASSERT(owned_here(), "io_uring submission from a thread that does not own the ring");
     while (io_uring_sq_space_left(&ring_) < n) submit_now();
     return next_sqe();
   }
@@ -100,25 +134,22 @@ class ring {
     if (!sqe) __builtin_unreachable();  // room was made above
     return sqe;
   }
-  void op_started() noexcept { ++in_flight_; }
-  void op_finished() noexcept { --in_flight_; }
+  void request_started() noexcept { ++in_flight_; }
+  void request_finished() noexcept { --in_flight_; }
 
-  // Cancels the operation whose user_data is `target`; its own CQE reports the outcome.
+  // Cancels the request whose user_data is `target`; its own CQE reports the outcome.
   void cancel(std::uint64_t target) noexcept {
     io_uring_sqe* sqe = get_sqes(1);
     io_uring_prep_cancel64(sqe, target, 0);
     io_uring_sqe_set_data64(sqe, ignore_cqe);
   }
-  // Cancels every operation on `fd` (kernel 5.19+).
-  void cancel_fd(int fd) noexcept {
-    io_uring_sqe* sqe = get_sqes(1);
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, ignore_cqe);
-  }
 
   // ---- scheduling ---------------------------------------------------------------------
-  void post(std::coroutine_handle<> h) { ready_.push_back(h); }  // ring thread only
-  void post_remote(remote_node* n) noexcept {                     // any thread
+  void post(std::coroutine_handle<> h) {  // ring thread only
+    RINGNET_ASSERT(owned_here(), "a coroutine posted to a ring from a thread that does not own it");
+    ready_.push_back(h);
+  }
+  void post_remote(remote_node* n) noexcept {  // any thread
     if (remote_.push(n)) wake();
   }
   void request_stop() noexcept {
@@ -131,16 +162,15 @@ class ring {
   void clear_stop() noexcept { stop_.store(false, std::memory_order_release); }
 
   void attach(detached_link* l) noexcept {
-    l->next = detached_;
-    if (detached_) detached_->prev = l;
-    detached_ = l;
+    detached_.push_front(*l);
     ++detached_count_;
   }
   void detach(detached_link* l) noexcept {
-    (l->prev ? l->prev->next : detached_) = l->next;
-    if (l->next) l->next->prev = l->prev;
+    detached_.remove(*l);
     --detached_count_;
   }
+  void add_resource(ring_resource* r) noexcept { resources_.push_front(*r); }
+  void remove_resource(ring_resource* r) noexcept { resources_.remove(*r); }
   void add_work() noexcept { external_work_.fetch_add(1, std::memory_order_relaxed); }
   void remove_work() noexcept {
     if (external_work_.fetch_sub(1, std::memory_order_acq_rel) == 1) wake();
@@ -168,19 +198,34 @@ class ring {
   // ---- the loop --------------------------------------------------------------------------
   // One turn: one io_uring_enter (submit, and wait only if nothing is ready to run), dispatch
   // every completion, then run what became ready. Callers check their exit condition between
-  // turns, so a turn never blocks when a coroutine is waiting to run.
-  void run_turn(bool may_block) {
+  // turns, so a turn never blocks when a coroutine is waiting to run. `honour_stop`: a pending
+  // stop() keeps the turn from blocking (run() returns after it); sync_wait ignores stop().
+  void run_turn(bool may_block, bool honour_stop = true) {
+    enter_turn();
     current_guard guard(this);
-    enable_on_first_run();
     if (!wake_armed_) arm_wake();
-    const bool block = may_block && ready_.empty() && remote_.empty() && !stop_requested();
+    const bool block = may_block && ready_.empty() && remote_.empty() &&
+                       !(honour_stop && stop_requested());
     const int r = block ? io_uring_submit_and_wait(&ring_, 1)
                         : io_uring_submit_and_get_events(&ring_);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME)
-      throw_error(errno_code(-r), "io_uring_enter");
+      throw_system_error(-r, "io_uring_enter");
     reap();
     drain_remote();
     run_ready();
+  }
+
+  // Whether this thread may run a turn now. A turn inside a turn (sync_wait from a coroutine the
+  // ring runs) would run the ready queue while it is being run, and block the thread that has
+  // to make progress: refused, like a SINGLE_ISSUER ring run on another thread than its first.
+  void check_runnable_here() const {
+    if (on_this_thread())
+      RINGNET_THROW(std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
+                                      "ringnet: sync_wait or run() inside the context's own loop"));
+    const std::thread::id owner = owner_.load();
+    if (mode_ == 0 && owner != std::thread::id{} && owner != std::this_thread::get_id())
+      RINGNET_THROW(std::system_error(std::make_error_code(std::errc::operation_not_permitted),
+                                      "ringnet: io_context run on another thread than its first run"));
   }
 
   // Takes every request handed over by other threads and runs it here.
@@ -194,65 +239,73 @@ class ring {
 
  private:
   struct current_guard {
-    explicit current_guard(ring* r) noexcept : saved(std::exchange(current_ring, r)) {}
-    ~current_guard() { current_ring = saved; }
+    explicit current_guard(ring* r) noexcept : saved(std::exchange(current_ring(), r)) {}
+    ~current_guard() { current_ring() = saved; }
     current_guard(const current_guard&) = delete;
     current_guard& operator=(const current_guard&) = delete;
     ring* saved;
   };
 
-  void setup(const io_context_options& opts) {
+  void setup(const ring_setup& s) {
     struct attempt {
-      ring_mode mode;
+      int mode;
       unsigned flags;
     };
     // R_DISABLED: a SINGLE_ISSUER ring belongs to the thread that enables it, so an io_context
     // may be created on one thread and run on another.
     static constexpr attempt attempts[] = {
-        {ring_mode::defer_taskrun, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                                       IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL |
-                                       IORING_SETUP_R_DISABLED},
-        {ring_mode::defer_taskrun,
-         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED},
-        {ring_mode::coop_taskrun, IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL},
-        {ring_mode::coop_taskrun, IORING_SETUP_COOP_TASKRUN},
-        {ring_mode::basic, 0},
+        {0, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+                IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED},
+        {0, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED},
+        {1, IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL},
+        {1, IORING_SETUP_COOP_TASKRUN},
+        {2, 0},
     };
-    const unsigned cq = opts.cq_entries ? opts.cq_entries : opts.entries * 16;
+    const unsigned cq = s.cq_entries ? s.cq_entries : s.entries * 16;
     int err = -EINVAL;
     for (const attempt& a : attempts) {
-      if (a.mode < opts.mode) continue;
+      if (a.mode < s.weakest_first) continue;
       io_uring_params p{};
       p.flags = a.flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
       p.cq_entries = cq;
-      err = io_uring_queue_init_params(opts.entries, &ring_, &p);
+      err = io_uring_queue_init_params(s.entries, &ring_, &p);
       if (err == 0) {
         mode_ = a.mode;
         enabled_ = !(a.flags & IORING_SETUP_R_DISABLED);
-        nodrop_ = (p.features & IORING_FEAT_NODROP) != 0;
         return;
       }
       if (err != -EINVAL) break;  // ENOSYS/EPERM/ENOMEM: no point trying weaker flags
     }
-    throw_error(errno_code(-err), "io_uring_setup");
+    throw_system_error(-err, "io_uring_setup");
   }
 
-  void probe(const opcode_set& disabled) {
+  void probe(const std::bitset<256>& disabled) {
     io_uring_probe* p = io_uring_get_probe_ring(&ring_);
     if (!p) p = io_uring_get_probe();
-    if (!p) return;  // no probe support: only the 5.5 baseline is assumed
-    for (unsigned op = 0; op < IORING_OP_LAST && op < ops_.size(); ++op)
-      ops_.set(op, io_uring_opcode_supported(p, static_cast<int>(op)) && !disabled.test(op));
-    io_uring_free_probe(p);
+    if (p) {  // without a probe only the 5.5 baseline is assumed
+      for (unsigned op = 0; op < IORING_OP_LAST && op < ops_.size(); ++op)
+        ops_.set(op, io_uring_opcode_supported(p, static_cast<int>(op)) && !disabled.test(op));
+      io_uring_free_probe(p);
+    }
+    caps_.socket_op = supports(IORING_OP_SOCKET);
+    caps_.shutdown_op = supports(IORING_OP_SHUTDOWN);
+    caps_.close_op = supports(IORING_OP_CLOSE);
+    caps_.splice_op = supports(IORING_OP_SPLICE);
+    caps_.multishot_accept = supports(IORING_OP_SOCKET);
+    caps_.multishot_recv = supports(IORING_OP_SEND_ZC);
   }
 
-  void enable_on_first_run() {
+  // The first turn binds the ring to its thread (and enables a SINGLE_ISSUER ring there). A
+  // SINGLE_ISSUER ring stays with that thread (the kernel refuses any other submitter); the
+  // others may move between threads from one run to the next.
+  void enter_turn() {
+    check_runnable_here();
+    owner_.store(std::this_thread::get_id());
     if (enabled_) return;
     // liburing 2.3 declares io_uring_enable_rings but does not export it: call the kernel.
     if (::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
-      throw_error(errno_code(errno), "io_uring_register(ENABLE_RINGS)");
+      throw_system_error(errno, "io_uring_register(ENABLE_RINGS)");
     enabled_ = true;
-    owner_ = std::this_thread::get_id();
   }
 
   void wake() noexcept {
@@ -311,47 +364,64 @@ class ring {
   }
 
   // Cancels everything still in flight and waits for every CQE (the kernel may write into
-  // coroutine frames until then), then destroys the frames of unfinished detached tasks.
+  // coroutine frames until then), takes what other threads handed over (a spawn still on its
+  // way is started, to be destroyed with the rest), destroys the frames of unfinished detached
+  // tasks, and tells every resource still alive that the ring is gone.
   void shutdown() noexcept {
-    if (!enabled_ || (owner_ != std::thread::id{} && owner_ != std::this_thread::get_id())) {
-      return;  // cannot wait here (SINGLE_ISSUER): leave the frames rather than free live memory
-    }
+    // SINGLE_ISSUER: only the thread that ran the ring may submit and wait. Elsewhere nothing
+    // may be in flight but the wake-up read (the kernel cancels it with the ring): with more,
+    // frames are left alone rather than freed under the kernel.
+    const std::thread::id owner = owner_.load();
+    const bool can_wait =
+        enabled_ && (mode_ != 0 || owner == std::thread::id{} || owner == std::this_thread::get_id());
+    RINGNET_ASSERT(can_wait || in_flight_ == 0,
+                   "io_context destroyed with requests in flight on another thread than its own");
+    if (!can_wait && in_flight_ > 0) return;
     current_guard guard(this);
     draining_ = true;
-    if (in_flight_ > 0 || wake_armed_) {
-      io_uring_sqe* sqe = get_sqes(1);
-      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-      io_uring_sqe_set_data64(sqe, ignore_cqe);
+    if (can_wait) {
+      if (in_flight_ > 0 || wake_armed_) {
+        io_uring_sqe* sqe = get_sqes(1);
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, ignore_cqe);
+      }
+      for (int spins = 0; (in_flight_ > 0 || wake_armed_) && spins < 100; ++spins) {
+        __kernel_timespec ts{0, 50'000'000};
+        io_uring_cqe* cqe = nullptr;
+        io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+        reap();
+      }
+      if (in_flight_ > 0) return;  // a request ignored its cancel for 5 s: leak, never free it
     }
-    for (int spins = 0; (in_flight_ > 0 || wake_armed_) && spins < 100; ++spins) {
-      __kernel_timespec ts{0, 50'000'000};
-      io_uring_cqe* cqe = nullptr;
-      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-      reap();
-    }
-    if (in_flight_ > 0) return;  // an op ignored its cancel for 5 s: leak its frame, never free it
-    while (detached_) {
-      detached_link* l = detached_;
-      detach(l);
-      l->frame.destroy();
+    do {
+      drain_remote();
+      while (detached_link* l = detached_.front()) {
+        detach(l);
+        l->frame.destroy();
+      }
+    } while (!remote_.empty());
+    while (ring_resource* r = resources_.front()) {
+      remove_resource(r);
+      r->gone(r);
     }
   }
 
   io_uring ring_{};
-  ring_mode mode_ = ring_mode::basic;
+  int mode_ = 2;
   bool enabled_ = true;
-  bool nodrop_ = false;
   bool draining_ = false;
   bool wake_armed_ = false;
-  std::thread::id owner_{};
-  opcode_set ops_;
+  std::atomic<std::thread::id> owner_{};
+  std::bitset<256> ops_;
+  ring_caps caps_;
 
   std::size_t in_flight_ = 0;
   std::uint16_t next_buffer_group_ = 0;
   std::vector<std::coroutine_handle<>> ready_;
   std::vector<std::coroutine_handle<>> running_;
-  detached_link* detached_ = nullptr;
+  intrusive_list<detached_link> detached_;
   std::size_t detached_count_ = 0;
+  intrusive_list<ring_resource> resources_;
 
   int wake_fd_ = -1;
   std::uint64_t wake_value_ = 0;

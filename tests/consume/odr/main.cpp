@@ -28,7 +28,7 @@ int main() {
     return 1;
   }
 
-  const void* here[2] = {&ringnet::detail::current_ring, &ringnet::detail::frame_pool::local()};
+  const void* here[2] = {&ringnet::detail::current_ring(), &ringnet::detail::frame_pool::local()};
   for (int which = 0; which < 2; ++which) {
     if (odr::tu_a_state(which) != here[which] || odr::tu_b_state(which) != here[which]) {
       std::fprintf(stderr, "FAIL odr: %s differs between translation units\n",

@@ -18,7 +18,7 @@ ringnet::task<std::string> read_exactly(ringnet::stream& s, std::size_t n) {
 int tu_a_roundtrip() { return roundtrip("odr tu_a"); }
 
 const void* tu_a_state(int which) {
-  if (which == 0) return &ringnet::detail::current_ring;
+  if (which == 0) return &ringnet::detail::current_ring();
   return &ringnet::detail::frame_pool::local();
 }
 

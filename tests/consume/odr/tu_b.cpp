@@ -15,7 +15,7 @@ ringnet::task<std::size_t> write_all(ringnet::stream& s, std::string_view data) 
 int tu_b_roundtrip() { return roundtrip("odr tu_b"); }
 
 const void* tu_b_state(int which) {
-  if (which == 0) return &ringnet::detail::current_ring;
+  if (which == 0) return &ringnet::detail::current_ring();
   return &ringnet::detail::frame_pool::local();
 }
 

@@ -9,6 +9,6 @@ int liba_roundtrip() { return roundtrip("liba (liba_net)"); }
 
 // Addresses of this copy's per-thread state, so main can tell the two copies do not share it.
 const void* liba_state(int which) {
-  if (which == 0) return &liba_net::detail::current_ring;
+  if (which == 0) return &liba_net::detail::current_ring();
   return &liba_net::detail::frame_pool::local();
 }

@@ -1,0 +1,274 @@
+// The one owner of a connected socket's state: what the wire said (the peer's FIN, a reset), what
+// we did (our FIN), what is in flight (every request, the sends among them), who waits (any
+// number of coroutines), and the multishot recv of receive() with the buffers it filled. Every
+// result of every path (recv, receive, send, splice, shutdown) is interpreted here, so the same
+// wire events give the same outcome whichever path saw them.
+#pragma once
+
+#include <ringnet/detail/config.hpp>
+#include <ringnet/detail/errno_kind.hpp>
+#include <ringnet/detail/fd_state.hpp>
+#include <ringnet/detail/provided_buffers.hpp>
+#include <ringnet/detail/request.hpp>
+#include <ringnet/detail/ring.hpp>
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+
+RINGNET_BEGIN_NAMESPACE
+namespace detail {
+
+// The largest count one recv or send asks for: the kernel's own cap on one read or write
+// (MAX_RW_COUNT), which also fits the SQE's 32-bit length and the CQE's int result.
+inline constexpr std::size_t max_io_size = 0x7ffff000;
+
+class socket_state final : public fd_state, private buffer_user {
+ public:
+  static socket_state* open(ring& r, io_context& ctx, int fd) { return new socket_state(r, ctx, fd); }
+
+  // ---- what the wire said --------------------------------------------------------------
+  [[nodiscard]] bool read_eof() const noexcept { return read_eof_; }
+  [[nodiscard]] bool write_shut() const noexcept { return write_shut_; }
+  // -errno: the connection error seen on any path first (0: none). Once the kernel reported
+  // it, a recv on the dead socket returns 0; here it stays the answer to every later call.
+  [[nodiscard]] int connection_error() const noexcept { return error_; }
+
+  // Why a new request on the socket must not start: closed, being closed, or already over.
+  [[nodiscard]] std::optional<int> refuse() const noexcept {
+    if (!is_open()) return -EBADF;
+    if (closing()) return -ECANCELED;
+    if (error_ != 0) return error_;
+    return std::nullopt;
+  }
+  // A read's result: bytes, the peer's FIN (0 for a read of `len` > 0), a cancellation, or the
+  // end of the connection.
+  int settle_read(int res, std::size_t len) noexcept {
+    if (res == 0 && len > 0) {
+      if (error_ != 0) return error_;
+      read_eof_ = true;
+      return 0;
+    }
+    if (res < 0) note(res);
+    return res;
+  }
+  int settle_write(int res) noexcept {
+    if (res < 0) note(res);
+    return res;
+  }
+  void wrote_fin() noexcept { write_shut_ = true; }
+
+  // ---- sends in flight (shutdown_write waits for them: a SHUT_WR under a send fails it) ----
+  void send_started() noexcept { ++sends_; }
+  void send_finished() noexcept {
+    if (--sends_ == 0 && !send_waiters_.empty() && !owner()->draining())
+      send_waiters_.wake_all(*owner(), 0);
+  }
+  struct sends_source {
+    socket_state* st;
+    ring* owner() const noexcept { return st ? st->owner() : nullptr; }
+    int poll() const noexcept {
+      if (auto r = st->refuse(); r && *r != st->error_) return *r;
+      return st->sends_ == 0 ? 0 : waiter::pending;
+    }
+    void enqueue(waiter& w) const noexcept { st->send_waiters_.push(w); }
+    void dequeue(waiter& w) const noexcept { st->send_waiters_.remove(w); }
+    static int complete(int res) noexcept { return res; }
+  };
+
+  // ---- stream::cancel() and close() -------------------------------------------------------
+  // Every request in flight is cancelled and every waiter woken with operation_canceled.
+  void cancel_everything() noexcept {
+    cancel_all();
+    wake_waiters(-ECANCELED);
+  }
+  void begin_close() noexcept {
+    fd_state::begin_close();
+    wake_waiters(-ECANCELED);
+  }
+  // After close(): queued buffers go back, the buffer ring is let go, the descriptor handed over.
+  int take_fd() noexcept {
+    rx_unbind();
+    return fd_state::take_fd();
+  }
+
+  // ---- receive(): a multishot recv into a provided-buffer ring ---------------------------
+  // A receive() on `b` now: waiter::ready (take_received()), pending, 0 (the peer's FIN), or
+  // -errno. A stream receives into one ring at a time: another one while the first is armed or
+  // holds data is invalid_argument.
+  int rx_poll(provided_buffers& b) const noexcept {
+    if (auto r = refuse(); r && *r != error_) return *r;
+    if (rx_bufs_ && rx_bufs_ != &b && rx_busy()) return -EINVAL;
+    if (rx_bufs_ == &b && rx_head_ != provided_buffers::none) return waiter::ready;
+    if (error_ != 0) return error_;
+    if (read_eof_) return 0;
+    return waiter::pending;
+  }
+  void rx_enqueue(waiter& w, provided_buffers& b) noexcept {
+    if (rx_bufs_ != &b) {
+      rx_unbind();
+      rx_bufs_ = &b;
+      b.bind(this);
+    }
+    rx_waiters_.push(w);
+    rx_arm();
+  }
+  // A waiter's stop: nobody waiting any more, so stop the kernel filling buffers for us (what
+  // it filled meanwhile stays queued for the next call).
+  void rx_dequeue(waiter& w) noexcept {
+    rx_waiters_.remove(w);
+    if (rx_waiters_.empty()) rx_.cancel();
+  }
+  // The oldest buffer received and not taken yet (provided_buffers::none if none).
+  [[nodiscard]] std::uint16_t take_received() noexcept {
+    const std::uint16_t bid = rx_head_;
+    if (bid == provided_buffers::none) return bid;
+    rx_head_ = rx_bufs_->next(bid);
+    if (rx_head_ == provided_buffers::none) rx_tail_ = provided_buffers::none;
+    return bid;
+  }
+  [[nodiscard]] provided_buffers* receiving_into() const noexcept { return rx_bufs_; }
+  // Armed, waiting for buffers, or holding received data.
+  [[nodiscard]] bool rx_busy() const noexcept {
+    return rx_.in_flight() || starved || rx_head_ != provided_buffers::none;
+  }
+  [[nodiscard]] bool rx_armed() const noexcept { return rx_.in_flight(); }
+  // Ends the multishot (drain takes over): cancel it, then wait on rx_disarmed_source.
+  void rx_stop() noexcept {
+    rx_.cancel();
+    if (rx_bufs_) rx_bufs_->unstarve(this);
+  }
+  struct rx_disarmed_source {
+    socket_state* st;
+    ring* owner() const noexcept { return st->owner(); }
+    int poll() const noexcept { return st->rx_.in_flight() ? waiter::pending : 0; }
+    void enqueue(waiter& w) const noexcept { st->rx_disarmed_waiters_.push(w); }
+    void dequeue(waiter& w) const noexcept { st->rx_disarmed_waiters_.remove(w); }
+    static int complete(int res) noexcept { return res; }
+  };
+
+ private:
+  socket_state(ring& r, io_context& ctx, int fd) noexcept
+      : fd_state(r, ctx, fd, &socket_state::on_ring_gone, &socket_state::destroy),
+        buffer_user{&socket_state::on_refill, &socket_state::on_retire},
+        rx_(*this) {}
+  ~socket_state() { rx_unbind(); }
+
+  static socket_state& of(buffer_user* u) noexcept { return static_cast<socket_state&>(*u); }
+  static void destroy(fd_state* s) noexcept { delete static_cast<socket_state*>(s); }
+
+  void note(int res) noexcept {
+    if (error_ == 0 && connection_lost_errno(-res, write_shut_)) error_ = res;
+  }
+  void wake_waiters(int res) noexcept {
+    if (!owner() || owner()->draining()) return;
+    rx_waiters_.wake_all(*owner(), res);
+    send_waiters_.wake_all(*owner(), res);
+  }
+
+  void rx_arm() noexcept {
+    if (rx_.in_flight() || starved || !is_open() || closing() || read_eof_ || error_ != 0 ||
+        !rx_bufs_ || rx_bufs_->retired() || !owner() || owner()->draining())
+      return;
+    io_uring_sqe* sqe = rx_.start(*owner());
+    io_uring_prep_recv(sqe, fd(), nullptr, 0, 0);
+    if (owner()->caps().multishot_recv) sqe->ioprio |= IORING_RECV_MULTISHOT;
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = rx_bufs_->group();
+    track(rx_);
+    rx_bufs_->recv_started();
+  }
+  void rx_push(std::uint16_t bid, std::uint32_t len) noexcept {
+    rx_bufs_->set_length(bid, len);
+    rx_bufs_->set_next(bid, provided_buffers::none);
+    if (rx_tail_ == provided_buffers::none)
+      rx_head_ = bid;
+    else
+      rx_bufs_->set_next(rx_tail_, bid);
+    rx_tail_ = bid;
+  }
+  // Gives every queued buffer back and leaves the buffer ring.
+  void rx_unbind() noexcept {
+    provided_buffers* b = rx_bufs_;
+    if (!b) return;
+    RINGNET_ASSERT(!rx_.in_flight(), "a receive left its buffer ring while armed");
+    for (std::uint16_t bid = take_received(); bid != provided_buffers::none; bid = take_received())
+      b->recycle(bid);
+    rx_bufs_ = nullptr;
+    b->unbind(this);  // may free b
+  }
+
+  void on_rx(int res, std::uint32_t flags) noexcept {
+    provided_buffers& b = *rx_bufs_;
+    const bool final = !rx_.in_flight();
+    const bool draining = owner()->draining();
+    if (flags & IORING_CQE_F_BUFFER) {
+      const auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+      b.taken();
+      if (res > 0 && !draining)
+        rx_push(bid, static_cast<std::uint32_t>(res));
+      else
+        b.recycle(bid);
+    }
+    if (res == -ENOBUFS) {
+      // The kernel found the ring empty. Buffers may have come back since (their CQEs and our
+      // recycling race it): re-armed below if so, else when one comes back.
+      if (b.available() == 0 && !b.retired()) b.starve(this);
+    } else if (res <= 0) {
+      (void)settle_read(res, 1);
+    }
+    if (final) b.recv_ended();
+    std::coroutine_handle<> wake;
+    if (!draining) {
+      if (final && !rx_disarmed_waiters_.empty()) rx_disarmed_waiters_.wake_all(*owner(), 0);
+      if (!rx_waiters_.empty()) {
+        if (rx_head_ != provided_buffers::none)
+          wake = rx_waiters_.take_front();
+        else if (error_ != 0 || read_eof_)
+          rx_waiters_.wake_all(*owner(), error_);
+        else if (final)
+          rx_arm();  // ended without data or error (a stop, buffers back after ENOBUFS, CQ overflow)
+      }
+    }
+    if (final) untrack(rx_);  // frees the state when its handle is gone (nobody waits then)
+    if (wake) wake.resume();
+  }
+
+  static void on_refill(buffer_user* u) noexcept {
+    socket_state& st = of(u);
+    if (!st.rx_waiters_.empty()) st.rx_arm();
+  }
+  static void on_retire(buffer_user* u) noexcept {
+    socket_state& st = of(u);
+    st.rx_.cancel();
+    if (st.owner() && !st.owner()->draining()) st.rx_waiters_.wake_all(*st.owner(), -ECANCELED);
+  }
+  static void on_ring_gone(ring_resource* res) noexcept {
+    auto& st = static_cast<socket_state&>(static_cast<fd_state&>(*res));
+    st.rx_waiters_.clear();
+    st.send_waiters_.clear();
+    st.rx_disarmed_waiters_.clear();
+    st.rx_unbind();
+    st.ring_gone();
+  }
+
+  bool read_eof_ = false;
+  bool write_shut_ = false;
+  int error_ = 0;
+  std::uint32_t sends_ = 0;
+  wait_list send_waiters_;
+  member_request<socket_state, &socket_state::on_rx> rx_;
+  provided_buffers* rx_bufs_ = nullptr;
+  std::uint16_t rx_head_ = provided_buffers::none;
+  std::uint16_t rx_tail_ = provided_buffers::none;
+  wait_list rx_waiters_;
+  wait_list rx_disarmed_waiters_;
+};
+
+}  // namespace detail
+RINGNET_END_NAMESPACE
