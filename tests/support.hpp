@@ -9,6 +9,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <source_location>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -58,6 +63,50 @@ struct fd_leak_check {
   fd_leak_check(const fd_leak_check&) = delete;
   fd_leak_check& operator=(const fd_leak_check&) = delete;
   ~fd_leak_check() { CHECK_MESSAGE(open_fds() == before, "file descriptors leaked"); }
+};
+
+// Fails the whole run (std::_Exit(1)) if not destroyed within `limit`: a hang becomes a failure
+// that names the test that hung.
+class watchdog {
+ public:
+  explicit watchdog(std::chrono::seconds limit,
+                    std::source_location where = std::source_location::current())
+      : watchdog(limit, {}, where) {}
+  // `what`: which part of the test (a matrix cell) is running.
+  watchdog(std::chrono::seconds limit, const std::string& what,
+           std::source_location where = std::source_location::current())
+      : test_(what.empty() ? current_test() : current_test() + ": " + what),
+        line_(where.line()),
+        thread_([this, limit] {
+          std::unique_lock lock(m_);
+          if (cv_.wait_for(lock, limit, [this] { return cancelled_; })) return;
+          std::fprintf(stderr, "\nwatchdog: \"%s\" (watchdog at line %u) hung: still running after %lld s\n",
+                       test_.c_str(), line_, static_cast<long long>(limit.count()));
+          std::fflush(stderr);
+          std::_Exit(1);
+        }) {}
+  ~watchdog() {
+    {
+      std::lock_guard g(m_);
+      cancelled_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  watchdog(const watchdog&) = delete;
+  watchdog& operator=(const watchdog&) = delete;
+
+ private:
+  static std::string current_test() {
+    const auto* o = doctest::getContextOptions();
+    return o && o->currentTest ? o->currentTest->m_name : "?";
+  }
+  std::string test_;
+  unsigned line_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool cancelled_ = false;
+  std::thread thread_;
 };
 
 // Operator new calls on this thread since the program started (tests/alloc_counter.cpp).

@@ -31,44 +31,6 @@ namespace {
   return true;
 }();
 
-// Fails the whole run (std::_Exit(1)) if not destroyed within `limit`: a hang becomes a failure
-// that names the test that hung.
-class watchdog {
- public:
-  explicit watchdog(std::chrono::seconds limit,
-                    std::source_location where = std::source_location::current())
-      : test_(current_test()), line_(where.line()), thread_([this, limit] {
-          std::unique_lock lock(m_);
-          if (cv_.wait_for(lock, limit, [this] { return cancelled_; })) return;
-          std::fprintf(stderr, "\nwatchdog: \"%s\" (watchdog at line %u) hung: still running after %lld s\n",
-                       test_.c_str(), line_, static_cast<long long>(limit.count()));
-          std::fflush(stderr);
-          std::_Exit(1);
-        }) {}
-  ~watchdog() {
-    {
-      std::lock_guard g(m_);
-      cancelled_ = true;
-    }
-    cv_.notify_one();
-    thread_.join();
-  }
-  watchdog(const watchdog&) = delete;
-  watchdog& operator=(const watchdog&) = delete;
-
- private:
-  static std::string current_test() {
-    const auto* o = doctest::getContextOptions();
-    return o && o->currentTest ? o->currentTest->m_name : "?";
-  }
-  std::string test_;
-  unsigned line_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool cancelled_ = false;
-  std::thread thread_;
-};
-
 std::string text(const rn::received_buffer& b) {
   return {reinterpret_cast<const char*>(b.data().data()), b.size()};
 }
@@ -193,7 +155,7 @@ TEST_CASE("regression 1: a stream destroyed or moved while receive() is armed en
   }
 
   SUBCASE("moved while armed: the new stream gets everything in order") {
-    watchdog wd(15s);
+    test::watchdog wd(15s);
     auto p = f.accept();
     auto first = std::make_unique<rn::stream>(std::move(p.ours));
     send_text(p.peer, "head");
@@ -236,7 +198,7 @@ TEST_CASE("regression 2: a buffer_ring or io_context destroyed before a receivin
   test::fd_leak_check fds;
 
   SUBCASE("buffer_ring destroyed while a receive is pending: it completes operation_canceled") {
-    watchdog wd(10s);
+    test::watchdog wd(10s);
     fixture f;
     auto created = rn::buffer_ring::create(f.ctx, 4, 1024);
     REQUIRE(created);
@@ -287,7 +249,7 @@ TEST_CASE("regression 2: a buffer_ring or io_context destroyed before a receivin
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("regression 3: close() ends a receive starved of buffers, and one started while closing") {
   test::fd_leak_check fds;
-  watchdog wd(10s);
+  test::watchdog wd(10s);
   fixture f;
   auto bufs = rn::buffer_ring::create(f.ctx, 2, 16);
   REQUIRE(bufs);
@@ -349,7 +311,7 @@ TEST_CASE("regression 4: shutdown_write() waiting for a send resumes on close() 
   const std::string big(64 << 20, 'x');  // the peer never reads: the send stays in flight
 
   SUBCASE("close() while shutdown_write() waits: both resume and shutdown_write is canceled") {
-    watchdog wd(10s);
+    test::watchdog wd(10s);
     bool shut_done = false, close_done = false;
     auto body = [&]() -> rn::task<void> {
       auto sender = [&]() -> rn::task<void> { CHECK_FALSE(co_await p.ours.send_all(rn::buffer(big))); };
@@ -401,7 +363,7 @@ TEST_CASE("regression 4: shutdown_write() waiting for a send resumes on close() 
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("regression 5: a stop that lost its race to data never cancels the next call") {
   test::fd_leak_check fds;
-  watchdog wd(20s);
+  test::watchdog wd(20s);
   fixture f;
   constexpr int rounds = 200;
 
@@ -566,7 +528,7 @@ TEST_CASE("regression 6: a peer reset after receive() was used is reported as a 
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("regression 7: receive() with a second buffer_ring corrupts nothing") {
   test::fd_leak_check fds;
-  watchdog wd(10s);
+  test::watchdog wd(10s);
   fixture f;
   auto a = rn::buffer_ring::create(f.ctx, 4, 64);
   auto b = rn::buffer_ring::create(f.ctx, 4, 64);
@@ -679,7 +641,7 @@ TEST_CASE("regression 8: a listener closed with its accept SQE unsubmitted leave
     co_await rn::when_all(waiter(), rebinder());
   };
   {
-    watchdog wd(10s);
+    test::watchdog wd(10s);
     rn::sync_wait(ctx, body());
   }
   if (client >= 0) ::close(client);
@@ -689,7 +651,7 @@ TEST_CASE("regression 8: a listener closed with its accept SQE unsubmitted leave
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("regression 9: when_any keeps what losing branches already completed") {
   test::fd_leak_check fds;
-  watchdog wd(15s);
+  test::watchdog wd(15s);
   fixture f;
 
   SUBCASE("a losing receive() got queued data: a following receive() returns it") {
@@ -855,7 +817,7 @@ TEST_CASE("regression 10: sizes and durations at their limits do not overflow") 
   }
 
   SUBCASE("send_all of 4 GiB with a 300 ms timeout to a peer that does not read ends timed_out") {
-    watchdog wd(8s);
+    test::watchdog wd(8s);
     huge_buffer mem;
     auto p = f.accept();
     const auto t0 = std::chrono::steady_clock::now();
@@ -874,7 +836,7 @@ TEST_CASE("regression 10: sizes and durations at their limits do not overflow") 
 // resumed on another thread would use the first thread's frame pool and current ring. Shows only
 // optimised and with the frame pool (CI runs this suite so, with clang).
 TEST_CASE("regression 11: a coroutine hopping 1000 times between two contexts on two threads completes") {
-  watchdog wd(10s);
+  test::watchdog wd(10s);
   rn::io_context a(test::context_options()), b(test::context_options());
   std::optional<rn::io_context::work_guard> keep_a(a), keep_b(b);
   const std::thread::id main_id = std::this_thread::get_id();

@@ -75,7 +75,7 @@ enum class relay_end {
   error,               // another error, see relay_direction_result::error
   idle_timeout,        // see relay_options::idle_timeout
   half_close_timeout,  // see relay_options::half_close_timeout
-  canceled,            // stopped (after stop_grace), or someone cancelled the stream
+  canceled,            // stopped (after stop_grace), or someone cancelled or closed a stream
   aborted,             // cut short because the other direction failed
 };
 
@@ -381,10 +381,12 @@ class relay_core {
     relay_end e = relay_end::error;
     switch (classify(ec)) {
       case error_kind::canceled: e = relay_end::canceled; break;
+      case error_kind::other:  // a stream closed under the relay (stream::close()) is cancelled too
+        if (ec == std::errc::bad_file_descriptor) e = relay_end::canceled;
+        break;
       case error_kind::reset: e = relay_end::reset; break;
       case error_kind::none:
-      case error_kind::timed_out:
-      case error_kind::other: break;
+      case error_kind::timed_out: break;
     }
     ended(f, e, ec);
     abort(relay_end::aborted);

@@ -85,11 +85,13 @@ class provided_buffers final : public ring_resource, public remote_node {
       recycle(bid);
       return;
     }
-    std::uint32_t head = returned_.load(std::memory_order_relaxed);
+    // Acquire: when the stack was empty, the ring is done with this node (it emptied the stack
+    // from inside the node's handler, after its last touch of the node), so it may be posted again.
+    std::uint32_t head = returned_.load(std::memory_order_acquire);
     do {
       links_[bid].returned_next = static_cast<std::uint16_t>(head);
-    } while (!returned_.compare_exchange_weak(head, bid, std::memory_order_release,
-                                              std::memory_order_relaxed));
+    } while (!returned_.compare_exchange_weak(head, bid, std::memory_order_acq_rel,
+                                              std::memory_order_acquire));
     if (head == none) ring_->post_remote(this);  // the stack was empty: nobody has asked yet
   }
 
@@ -193,7 +195,7 @@ class provided_buffers final : public ring_resource, public remote_node {
 
   static void take_returned(remote_node* n) noexcept {
     auto& self = static_cast<provided_buffers&>(*n);
-    std::uint32_t bid = self.returned_.exchange(none, std::memory_order_acquire);
+    std::uint32_t bid = self.returned_.exchange(none, std::memory_order_acq_rel);
     while (bid != none) {
       const std::uint16_t next = self.links_[bid].returned_next;
       self.recycle(static_cast<std::uint16_t>(bid));  // the last one may free `self`
