@@ -5,7 +5,7 @@
     python3 benchmarks/run.py --smoke         # 2 short rounds: a correctness run, well under 2 min
     python3 benchmarks/run.py --workloads churn --peers ringnet,liburing --runs 9 --json out.json
 
-Workloads (see PROTOCOL.md, "lifecycle echo"):
+Workloads (the lifecycle echo, README "Benchmarks"):
   churn       32 clients loop connect -> send 64 B -> shutdown(SHUT_WR) -> read echo to EOF -> close
   pingpong1   1 persistent connection, one 64-byte message in flight
   pingpong64  64 persistent connections, one 64-byte message in flight on each

@@ -1,4 +1,4 @@
-// ringnet-echo: the lifecycle echo server of the benchmark protocol (shared/PROTOCOL.md).
+// ringnet-echo: the lifecycle echo server of the benchmark protocol (README, "Benchmarks").
 //
 //   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N]
 //

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -182,6 +183,39 @@ inline rn::task<stream_pair> accept_raw_client(rn::listener& l) {
   REQUIRE(s);
   p.ours = std::move(*s);
   co_return p;
+}
+
+// A context with a listener on 127.0.0.1, and accept(): a ringnet stream with a plain peer.
+struct loopback {
+  rn::io_context ctx{context_options()};
+  rn::listener l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0)).value();
+  stream_pair accept() { return rn::sync_wait(ctx, accept_raw_client(l)); }
+};
+
+// The one echo handler: every byte back until the peer's FIN (or the token), for rn::server.
+template <class Token>
+rn::task<void> echo(rn::stream& s, Token finish) {
+  std::array<char, 8192> buf;
+  for (;;) {
+    auto n = co_await s.recv(rn::buffer(buf), finish);
+    if (!n || *n == 0) co_return;  // the server closes gracefully
+    if (!co_await s.send_all(rn::const_buffer(rn::buffer(buf).first(*n)), finish)) co_return;
+  }
+}
+
+// The one ringnet echo client: sends `msg`, half-closes, reads the answer to EOF.
+inline rn::task<std::string> echo_exchange(rn::stream& s, const std::string& msg,
+                                           std::chrono::nanoseconds timeout = std::chrono::seconds(30)) {
+  auto sent = co_await s.send_all(rn::buffer(msg));
+  auto shut = co_await s.shutdown_write();
+  std::string back;
+  std::array<char, 8192> buf;
+  while (sent && shut) {
+    auto r = co_await s.recv(rn::buffer(buf), rn::never_stop_token{}, timeout);
+    if (!r || *r == 0) break;
+    back.append(buf.data(), *r);
+  }
+  co_return back;
 }
 
 // Raises RLIMIT_NOFILE to at least `want` if allowed; returns the soft limit now in force.

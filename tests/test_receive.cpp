@@ -14,12 +14,11 @@ std::string text(const rn::received_buffer& b) {
 
 TEST_CASE("receive: 4 MiB through a ring of 8 small buffers arrive complete and in order") {
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 8, 4096);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   const std::string data = test::pattern(4 << 20, 11);
   std::jthread sender([&] {
     test::write_all(p.peer, data);
@@ -50,12 +49,11 @@ TEST_CASE("receive: 4 MiB through a ring of 8 small buffers arrive complete and 
 
 TEST_CASE("receive: a stop cancels the armed recv; the next call re-arms and gets the data") {
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 4, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   rn::inplace_stop_source stop;
   std::jthread stopper([&] {
     std::this_thread::sleep_for(20ms);
@@ -76,12 +74,11 @@ TEST_CASE("receive: a stop cancels the armed recv; the next call re-arms and get
 
 TEST_CASE("receive: a stop also ends a wait starved of buffers") {
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 2, 16);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   REQUIRE(test::write_all(p.peer, std::string(16 * 8, 's')));
   rn::inplace_stop_source stop;
   auto body = [&]() -> rn::task<void> {
@@ -104,12 +101,11 @@ TEST_CASE("receive: a stop also ends a wait starved of buffers") {
 
 TEST_CASE("receive: close() cancels a pending receive and returns every buffer") {
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 4, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   auto body = [&]() -> rn::task<void> {
     auto reader = [&]() -> rn::task<void> {
       auto r = co_await p.ours.receive(*bufs);
@@ -128,12 +124,11 @@ TEST_CASE("receive: close() cancels a pending receive and returns every buffer")
 
 TEST_CASE("receive: graceful_close drains what receive() queued, in order, before reading on") {
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 16, 1024);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   const std::string data = test::pattern(10'000, 4);
   REQUIRE(test::write_all(p.peer, data));
   auto body = [&]() -> rn::task<rn::close_report> {
@@ -165,12 +160,11 @@ TEST_CASE("receive: bad arguments and closed streams are errors, not crashes") {
 }
 
 TEST_CASE("receive: zero allocations per received buffer" * doctest::skip(!test::counting_allocations)) {
-  rn::io_context ctx(test::context_options());
-  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  REQUIRE(l);
+  test::loopback lo;
+  rn::io_context& ctx = lo.ctx;
   auto bufs = rn::buffer_ring::create(ctx, 64, 256);
   REQUIRE(bufs);
-  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  auto p = lo.accept();
   std::size_t during = 0;
   bool ok = true;
   auto body = [&]() -> rn::task<void> {

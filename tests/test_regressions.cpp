@@ -95,11 +95,7 @@ void send_text(int fd, const std::string& s) { REQUIRE(test::write_all(fd, s)); 
 // A branch of when_any that wins at once.
 rn::task<int> immediately(rn::inplace_stop_token) { co_return 1; }
 
-struct fixture {
-  rn::io_context ctx{test::context_options()};
-  rn::listener l = *rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
-  test::stream_pair accept() { return rn::sync_wait(ctx, test::accept_raw_client(l)); }
-};
+using fixture = test::loopback;
 
 // 4 GiB + a page of untouched anonymous memory: only pages the kernel touches cost anything.
 struct huge_buffer {

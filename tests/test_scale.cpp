@@ -11,13 +11,7 @@ namespace {
 
 // Echoes until EOF, then closes gracefully.
 rn::task<void> echo_session(rn::stream s, int& clean) {
-  std::array<char, 4096> buf;
-  for (;;) {
-    auto r = co_await s.recv(rn::buffer(buf), rn::never_stop_token{}, 30s);
-    if (!r || *r == 0) break;
-    auto w = co_await s.send_all(rn::const_buffer(rn::buffer(buf).first(*r)));
-    if (!w) break;
-  }
+  co_await test::echo(s, rn::never_stop_token{});
   auto report = co_await rn::graceful_close(s, {.drain_timeout = 10s});
   if (report.outcome == rn::close_outcome::clean) ++clean;
 }
@@ -49,16 +43,7 @@ client_tally run_clients(const rn::endpoint& ep, int n) {
     ++t.connected;
     std::string msg = payload;
     msg[0] = static_cast<char>(i);
-    auto sent = co_await s->send_all(rn::buffer(msg));
-    auto shut = co_await s->shutdown_write();
-    std::string back;
-    std::array<char, 4096> buf;
-    while (sent && shut) {
-      auto r = co_await s->recv(rn::buffer(buf), rn::never_stop_token{}, 60s);
-      if (!r || *r == 0) break;
-      back.append(buf.data(), *r);
-    }
-    if (back == msg) ++t.verified;
+    if (co_await test::echo_exchange(*s, msg, 60s) == msg) ++t.verified;
     auto report = co_await rn::graceful_close(*s, {.drain_timeout = 10s});
     if (report.outcome == rn::close_outcome::clean) ++t.clean;
   };

@@ -7,14 +7,7 @@
 
 namespace {
 
-rn::task<void> echo(rn::stream& s, rn::inplace_stop_token finish) {
-  std::array<char, 4096> buf;
-  for (;;) {
-    auto n = co_await s.recv(rn::buffer(buf), finish);
-    if (!n || *n == 0) co_return;
-    if (!co_await s.send_all(rn::const_buffer(rn::buffer(buf).first(*n)), finish)) co_return;
-  }
-}
+constexpr auto echo = [](rn::stream& s, rn::inplace_stop_token finish) { return test::echo(s, finish); };
 
 // Plain-socket clients of three kinds, each on its own thread.
 enum class behaviour {

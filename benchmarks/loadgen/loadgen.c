@@ -1,5 +1,5 @@
 /* ringnet-loadgen: the client side of the lifecycle-echo benchmark protocol
- * (/work/shared/PROTOCOL.md, mirrored in benchmarks/README).
+ * (the lifecycle-echo protocol: README, "Benchmarks").
  *
  * One thread, one epoll instance, edge-triggered, non-blocking sockets: the client core is the
  * first to saturate on a 2-core machine, so every operation costs as few syscalls as we can

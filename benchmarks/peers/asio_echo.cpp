@@ -1,4 +1,4 @@
-// bench-asio-echo / bench-asio-uring-echo: the lifecycle echo server (PROTOCOL.md) written the
+// bench-asio-echo / bench-asio-uring-echo: the lifecycle echo server (README, "Benchmarks") written the
 // way a Boost.Asio user writes it: C++20 coroutines, one single-threaded io_context. Built twice,
 // on Asio's default epoll reactor and with -DBOOST_ASIO_HAS_IO_URING -DBOOST_ASIO_DISABLE_EPOLL.
 #include "peer_common.h"

@@ -1,4 +1,4 @@
-/* bench-epoll-echo: the classic non-blocking epoll echo server (PROTOCOL.md "lifecycle echo").
+/* bench-epoll-echo: the classic non-blocking epoll echo server (the lifecycle echo of README "Benchmarks").
  *
  * Edge-triggered, every socket registered once for IN|OUT|RDHUP (no epoll_ctl after the ADD).
  * Data is read into one shared buffer and sent back at once; what a short send leaves over goes

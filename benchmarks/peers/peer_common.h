@@ -1,4 +1,4 @@
-/* Shared by the benchmark peers (see /work/shared/PROTOCOL.md): command line, endpoints,
+/* Shared by the benchmark peers (the lifecycle-echo protocol, README "Benchmarks"): command line, endpoints,
  * the listener, signals, a free-list pool and an intrusive list. No dependency beyond libc,
  * so that the C++ Asio peer links it too. */
 #ifndef PEER_COMMON_H

@@ -1,5 +1,5 @@
 /* bench-uring-echo: the hand-written liburing echo server, the practical limit that the other
- * peers are measured against (PROTOCOL.md "lifecycle echo").
+ * peers are measured against (the lifecycle echo of README "Benchmarks").
  *
  * Per connection: one multishot recv into a provided-buffer ring, and one IORING_OP_SEND at a
  * time straight out of the received buffers (no copy). A connection keeps a FIFO of received
