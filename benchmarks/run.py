@@ -4,6 +4,7 @@
     python3 benchmarks/run.py                 # build (release) into build-bench/, 5 rounds each
     python3 benchmarks/run.py --smoke         # 2 short rounds: a correctness run, well under 2 min
     python3 benchmarks/run.py --workloads churn --peers ringnet,liburing --runs 9 --json out.json
+    python3 benchmarks/run.py --workloads churn --extra-echo ringnet-prev=/tmp/old/ringnet-echo
 
 Workloads (the lifecycle echo, README "Benchmarks"):
   churn       32 clients loop connect -> send 64 B -> shutdown(SHUT_WR) -> read echo to EOF -> close
@@ -437,6 +438,8 @@ class Runner:
                 self.note("echo peer %s skipped: %s not built" % (name, path))
                 continue
             peers.append((name, [str(path)] + extra))
+        for name, path in self.a.extra_echo:
+            peers.append((name, [path]))
         return peers
 
     def run_echo_cell(self, wl, rnd, name, argv, port):
@@ -1074,6 +1077,9 @@ def main():
     ap.add_argument("--peers", default="",
                     help="comma list of peers/proxies to run (default: all built): %s" %
                     ",".join([p[0] for p in ECHO_PEERS] + [p[0] for p in PROXIES]))
+    ap.add_argument("--extra-echo", metavar="NAME=PATH", action="append", default=[],
+                    help="one more echo server binary to run beside the others (e.g. an earlier "
+                    "build of ringnet-echo); may be repeated")
     ap.add_argument("--json", metavar="FILE", help="write every raw cell and the summaries as JSON")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help="port for every server (default %d; iperf3 upstream uses the next one)" % DEFAULT_PORT)
@@ -1100,6 +1106,13 @@ def main():
     for w in a.workloads:
         if w not in ALL_WORKLOADS:
             ap.error("unknown workload %s (known: %s)" % (w, ",".join(ALL_WORKLOADS)))
+    extra = []
+    for e in a.extra_echo:
+        name, sep, path = e.partition("=")
+        if not sep or not name or not os.access(path, os.X_OK):
+            ap.error("--extra-echo takes NAME=PATH of an executable (got %s)" % e)
+        extra.append((name, os.path.abspath(path)))
+    a.extra_echo = extra
     a.peers = [p for p in a.peers.split(",") if p]
     known = [p[0] for p in ECHO_PEERS] + [p[0] for p in PROXIES]
     for p in a.peers:

@@ -32,6 +32,14 @@ rn::task<long> recurse(int depth) {
   co_return 1 + co_await recurse(depth - 1);
 }
 
+// Symmetric transfer is a tail call; g++ does not make it one under AddressSanitizer, so there
+// every resume nests (clang does).
+#if defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
+constexpr bool symmetric_transfer_is_a_tail_call = false;
+#else
+constexpr bool symmetric_transfer_is_a_tail_call = true;
+#endif
+
 struct counted {
   static inline int alive = 0;
   counted() { ++alive; }
@@ -69,7 +77,8 @@ TEST_CASE("task: is lazy and frees its frame when destroyed unstarted") {
   CHECK(counted::alive == 0);
 }
 
-TEST_CASE("task: a million synchronously completing awaits do not grow the stack") {
+TEST_CASE("task: a million synchronously completing awaits do not grow the stack" *
+          doctest::skip(!symmetric_transfer_is_a_tail_call)) {
   rn::io_context ctx(test::context_options());
   // Without symmetric transfer each completion would nest one resume() deeper: ~1e6 frames of
   // native stack, far beyond the 8 MiB thread stack.

@@ -130,9 +130,10 @@ class listener {
     return detail::waiting<accept_source, Token>(accept_source{st_}, std::move(token));
   }
 
-  /// Stops accepting: ends the multishot (a pending next() completes with operation_canceled),
-  /// closes connections accepted but not taken, and closes the socket (at once out of LISTEN;
-  /// the descriptor itself once the kernel let go of it).
+  /// Stops accepting: cancels the accept (a pending next() or accept() completes with
+  /// operation_canceled), closes connections accepted but not taken, and closes the socket once
+  /// the kernel let go of the accept (the next loop turn when one was armed: until then the port
+  /// still listens, and binding it again fails with EADDRINUSE unless SO_REUSEPORT is set).
   void close() noexcept {
     if (st_) st_->close();
   }

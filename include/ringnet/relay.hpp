@@ -170,9 +170,9 @@ class relay_core {
   using clock = std::chrono::steady_clock;
 
  public:
-  relay_core(stream& a, stream& b, const relay_options& opts) noexcept
-      : a_(a),
-        b_(b),
+  relay_core(pinned_socket a, pinned_socket b, const relay_options& opts) noexcept
+      : a_(std::move(a)),
+        b_(std::move(b)),
         ring_(a_.owner()),
         opts_(opts),
         flows_{relay_flow(a_, b_), relay_flow(b_, a_)},
@@ -485,6 +485,29 @@ class relay_core {
   bool finished_ = false;
 };
 
+template <stoppable_token Token>
+task<relay_result> relay_on(pinned_socket a, pinned_socket b, relay_options options, Token token) {
+  relay_core core(std::move(a), std::move(b), options);
+  if (const std::error_code ec = core.usable()) {
+    core.refuse(ec);
+    co_return co_await core.close(true);
+  }
+  core.watch(token);
+  stop_registration<Token> on_stop;
+  on_stop.arm(token, core.stop_canceller());
+  std::exception_ptr failure;  // only a frame allocation can throw; the timer must still settle
+  try {
+    co_await core.run();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  on_stop.disarm();
+  co_await core.quiesce();
+  relay_result r = co_await core.close(failure != nullptr);
+  if (failure) std::rethrow_exception(failure);
+  co_return r;
+}
+
 }  // namespace detail
 
 /// Copies a → b and b → a concurrently until both directions ended, then closes both streams:
@@ -498,25 +521,7 @@ class relay_core {
 template <stoppable_token Token = never_stop_token>
 [[nodiscard]] task<relay_result> relay(stream& a, stream& b, relay_options options = {},
                                        Token token = {}) {
-  detail::relay_core core(a, b, options);
-  if (const std::error_code ec = core.usable()) {
-    core.refuse(ec);
-    co_return co_await core.close(true);
-  }
-  core.watch(token);
-  detail::stop_registration<Token> on_stop;
-  on_stop.arm(token, core.stop_canceller());
-  std::exception_ptr failure;  // only a frame allocation can throw; the timer must still settle
-  try {
-    co_await core.run();
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  on_stop.disarm();
-  co_await core.quiesce();
-  relay_result r = co_await core.close(failure != nullptr);
-  if (failure) std::rethrow_exception(failure);
-  co_return r;
+  return detail::relay_on(detail::pinned_socket(a), detail::pinned_socket(b), options, std::move(token));
 }
 
 RINGNET_END_NAMESPACE

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ringnet/config.hpp>
+#include <ringnet/detail/fd_state.hpp>
 #include <ringnet/error.hpp>
 #include <ringnet/io_context.hpp>
 #include <ringnet/operation.hpp>
@@ -12,20 +13,32 @@
 #include <unistd.h>
 
 #include <initializer_list>
+#include <optional>
 #include <utility>
 
 RINGNET_BEGIN_NAMESPACE
 
 namespace detail {
+// A read of one signalfd_siginfo, counted on the signalfd's state; the siginfo lives in the
+// operation (the awaiter), so a signal_set destroyed meanwhile leaves the kernel nothing to write
+// into freed memory.
 struct signal_read_op {
-  int fd;
-  signalfd_siginfo* info;
-  void prepare(io_uring_sqe* sqe) const noexcept {
-    io_uring_prep_read(sqe, fd, info, sizeof *info, 0);
+  descriptor_state* st;
+  signalfd_siginfo info{};
+  std::optional<int> try_inline() const noexcept {
+    if (!st->is_open()) return -EBADF;
+    if (st->closing()) return -ECANCELED;
+    return std::nullopt;
+  }
+  void submitted(request& r) const noexcept { st->track(r); }
+  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_read(sqe, st->fd(), &info, sizeof info, 0); }
+  int settle(request& r, int res, std::uint32_t) const noexcept {
+    st->untrack(r);
+    return res;
   }
   result<int> complete(int res, std::uint32_t) const noexcept {
     if (res < 0) return errno_code(-res);
-    return static_cast<int>(info->ssi_signo);
+    return static_cast<int>(info.ssi_signo);
   }
 };
 }  // namespace detail
@@ -34,7 +47,7 @@ struct signal_read_op {
 /// they inherit the mask) and delivers them through wait() instead of handlers.
 class signal_set {
  public:
-  signal_set(io_context& ctx, std::initializer_list<int> signals) : ctx_(&ctx) {
+  signal_set(io_context& ctx, std::initializer_list<int> signals) {
     sigset_t set;
     sigemptyset(&set);
     for (int s : signals) {
@@ -42,33 +55,32 @@ class signal_set {
     }
     // pthread_sigmask returns its error instead of setting errno.
     if (const int e = ::pthread_sigmask(SIG_BLOCK, &set, &saved_); e != 0) throw_error(errno_code(e), "sigmask");
-    fd_ = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (fd_ < 0) {
+    const int fd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (fd < 0) {
       const int e = errno;
       ::pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
       throw_error(errno_code(e), "signalfd");
     }
+    st_ = detail::descriptor_state::open(detail::ring_of(ctx), ctx, fd);
   }
   signal_set(const signal_set&) = delete;
   signal_set& operator=(const signal_set&) = delete;
-  /// Restores the thread's signal mask.
+  /// Restores the thread's signal mask; a pending wait() completes with operation_canceled.
   ~signal_set() {
-    ::close(fd_);
+    detail::descriptor_state::release(st_);
     ::pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
   }
 
   /// Completes with the number of the next signal received.
   template <stoppable_token Token = never_stop_token>
   [[nodiscard]] auto wait(Token token = {}) {
-    return operation<detail::signal_read_op, Token>(*ctx_, detail::signal_read_op{fd_, &info_},
+    return operation<detail::signal_read_op, Token>(st_->owner(), detail::signal_read_op{st_},
                                                     std::move(token));
   }
 
  private:
-  io_context* ctx_;
-  int fd_ = -1;
+  detail::descriptor_state* st_ = nullptr;
   sigset_t saved_{};
-  signalfd_siginfo info_{};
 };
 
 RINGNET_END_NAMESPACE

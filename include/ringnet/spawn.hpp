@@ -92,7 +92,7 @@ auto sync_wait(io_context& ctx, Awaitable&& aw) -> await_result_t<Awaitable> {
   using T = await_result_t<Awaitable>;
   using A = std::remove_cvref_t<Awaitable>;
   detail::ring& r = detail::ring_of(ctx);
-  r.check_runnable_here();
+  r.claim_for_this_thread();
   detail::join_slot<T> slot;
   detail::join_counter counter(1);  // a join of one, whose "parent" is this loop
   detail::join_child child = detail::join_body<A, T>(A(std::forward<Awaitable>(aw)), slot);

@@ -99,8 +99,10 @@ struct recv_op : on_socket {
   static result<std::size_t> complete(int res, std::uint32_t) noexcept { return size_result(res); }
 };
 
-// Counted as a send (shutdown_write() waits for it): a send, or a splice into the socket.
+// Counted as a send (shutdown_write() waits for it): a send, or a splice into the socket. Refused
+// once the connection is over.
 struct sending : on_socket {
+  std::optional<int> try_inline() const noexcept { return st->refuse_write(); }
   void submitted(request& r) const noexcept {
     st->track(r);
     st->send_started();
@@ -129,7 +131,7 @@ struct shutdown_op : on_socket {
   bool direct;
   static constexpr bool linkable_timeout = false;
   std::optional<int> try_inline() const noexcept {
-    if (auto r = st->refuse()) return r;
+    if (auto r = st->refuse_write()) return r;
     if (!direct) return std::nullopt;
     return st->settle_write(::shutdown(st->fd(), SHUT_WR) == 0 ? 0 : -errno);
   }
@@ -246,7 +248,7 @@ class socket_ops {
   }
 
   /// Receives up to buf.size() bytes; 0 means the peer sent FIN. After the connection was reset
-  /// (on any path) every read reports the reset.
+  /// (seen on any path), reads get what the kernel still held, then the reset, never a false EOF.
   template <stoppable_token Token = never_stop_token>
   [[nodiscard]] auto recv(mutable_buffer buf, Token token = {},
                           std::chrono::nanoseconds timeout = no_timeout) const {
@@ -305,7 +307,7 @@ class socket_ops {
   /// Whether the peer's FIN arrived (a read returned 0).
   [[nodiscard]] bool read_eof() const noexcept { return st_ && st_->read_eof(); }
   /// The error that ended the connection (a reset, a lost route) once any path saw it; none while
-  /// it is alive. Every later read and send reports it too.
+  /// it is alive. Every later send reports it, and reads once the kernel has nothing left.
   [[nodiscard]] std::error_code connection_error() const noexcept {
     if (!st_ || st_->connection_error() == 0) return {};
     return errno_code(-st_->connection_error());
@@ -378,7 +380,7 @@ class socket_ops {
     socket_state* st;
     provided_buffers* bufs;
     detail::ring* owner() const noexcept { return st ? st->owner() : nullptr; }
-    int poll() const noexcept { return st->rx_poll(*bufs); }
+    int poll() const noexcept { return st->rx_poll(bufs); }
     void enqueue(waiter& w) const noexcept { st->rx_enqueue(w, *bufs); }
     void dequeue(waiter& w) const noexcept { st->rx_dequeue(w); }
     result<received_buffer> complete(int res) const noexcept {
@@ -521,10 +523,12 @@ class stream : public detail::socket_ops {
   /// what happened.
   ~stream() { drop(); }
 
-  /// Gives up ownership of the descriptor (nothing may be in flight on it).
+  /// Gives up ownership of the descriptor: -1 if there is none, or if operations are still in
+  /// flight on it (a contract violation, stopped in debug builds).
   int release() noexcept {
     if (!st_) return -1;
     RINGNET_ASSERT(st_->in_flight() == 0, "stream::release() with operations in flight");
+    if (st_->in_flight() != 0) return -1;
     return st_->take_fd();
   }
 

@@ -58,30 +58,6 @@ class fd_state : public ring_resource, public pooled {
     requests_.for_each([](request& r) { r.cancel(); });
   }
 
-  // ---- closing --------------------------------------------------------------------------
-  // close() begins: new requests are refused, those in flight cancelled.
-  void begin_close() noexcept {
-    if (fd_ < 0) return;
-    closing_ = true;
-    cancel_all();
-  }
-  // Nothing in flight any more: hands the descriptor over for closing (-1 if another close
-  // took it first).
-  int take_fd() noexcept {
-    RINGNET_ASSERT(ops_ == 0, "descriptor taken with requests in flight");
-    closing_ = false;
-    close_when_idle_ = false;
-    return std::exchange(fd_, -1);
-  }
-  // close() that does not wait: the descriptor is closed with close(2) once nothing is in flight.
-  void close_when_idle() noexcept {
-    if (fd_ < 0) return;
-    begin_close();
-    if (ops_ == 0)
-      ::close(take_fd());
-    else
-      close_when_idle_ = true;
-  }
   // co_await idle(): until nothing is in flight (a source for waiting<>).
   struct idle_source {
     fd_state* st;
@@ -106,7 +82,32 @@ class fd_state : public ring_resource, public pooled {
   }
 
  protected:
+  // ---- closing (what a derived state builds its own close on) ---------------------------
+  // close() begins: new requests are refused, those in flight cancelled.
+  void begin_close() noexcept {
+    if (fd_ < 0) return;
+    closing_ = true;
+    cancel_all();
+  }
+  // Nothing in flight any more: hands the descriptor over for closing (-1 if another close
+  // took it first).
+  int take_fd() noexcept {
+    RINGNET_ASSERT(ops_ == 0, "descriptor taken with requests in flight");
+    closing_ = false;
+    close_when_idle_ = false;
+    return std::exchange(fd_, -1);
+  }
+  // close() that does not wait: the descriptor is closed with close(2) once nothing is in flight.
+  void close_when_idle() noexcept {
+    if (fd_ < 0) return;
+    begin_close();
+    if (ops_ == 0)
+      ::close(take_fd());
+    else
+      close_when_idle_ = true;
+  }
   ~fd_state() {
+    idle_waiters_.clear();  // nobody will resume them: the ring is being destroyed
     if (fd_ >= 0) ::close(fd_);
     if (ring_) ring_->remove_resource(this);
   }
@@ -132,6 +133,26 @@ class fd_state : public ring_resource, public pooled {
   bool close_when_idle_ = false;
   intrusive_list<request> requests_;
   wait_list idle_waiters_;
+};
+
+// A descriptor with nothing more to it than its requests in flight (a signalfd).
+class descriptor_state final : public fd_state {
+ public:
+  static descriptor_state* open(ring& r, io_context& ctx, int fd) { return new descriptor_state(r, ctx, fd); }
+  // The handle let go: what is in flight is cancelled, the descriptor closed after it.
+  static void release(descriptor_state* s) noexcept {
+    s->begin_close();
+    s->release_handle();
+  }
+
+ private:
+  descriptor_state(ring& r, io_context& ctx, int fd) noexcept
+      : fd_state(r, ctx, fd, &descriptor_state::on_ring_gone, &descriptor_state::destroy) {}
+  ~descriptor_state() = default;
+  static void destroy(fd_state* s) noexcept { delete static_cast<descriptor_state*>(s); }
+  static void on_ring_gone(ring_resource* r) noexcept {
+    static_cast<descriptor_state&>(static_cast<fd_state&>(*r)).ring_gone();
+  }
 };
 
 }  // namespace detail

@@ -1,5 +1,5 @@
 // A doubly linked list threaded through its elements: no allocation, O(1) insertion and removal.
-// T has `T* prev` and `T* next`, owned by the one list it is on.
+// T has a pair of links (by default `T* prev` and `T* next`) for each list it can be on.
 #pragma once
 
 #include <ringnet/detail/config.hpp>
@@ -7,25 +7,25 @@
 RINGNET_BEGIN_NAMESPACE
 namespace detail {
 
-template <class T>
+template <class T, T* T::*Prev = &T::prev, T* T::*Next = &T::next>
 class intrusive_list {
  public:
   void push_front(T& n) noexcept {
-    n.prev = nullptr;
-    n.next = head_;
-    (head_ ? head_->prev : tail_) = &n;
+    n.*Prev = nullptr;
+    n.*Next = head_;
+    (head_ ? head_->*Prev : tail_) = &n;
     head_ = &n;
   }
   void push_back(T& n) noexcept {
-    n.next = nullptr;
-    n.prev = tail_;
-    (tail_ ? tail_->next : head_) = &n;
+    n.*Next = nullptr;
+    n.*Prev = tail_;
+    (tail_ ? tail_->*Next : head_) = &n;
     tail_ = &n;
   }
   void remove(T& n) noexcept {
-    (n.prev ? n.prev->next : head_) = n.next;
-    (n.next ? n.next->prev : tail_) = n.prev;
-    n.prev = n.next = nullptr;
+    (n.*Prev ? n.*Prev->*Next : head_) = n.*Next;
+    (n.*Next ? n.*Next->*Prev : tail_) = n.*Prev;
+    n.*Prev = n.*Next = nullptr;
   }
   [[nodiscard]] T* front() const noexcept { return head_; }
   [[nodiscard]] bool empty() const noexcept { return head_ == nullptr; }
@@ -33,7 +33,7 @@ class intrusive_list {
   template <class F>
   void for_each(F f) {
     for (T* n = head_; n;) {
-      T* next = n->next;
+      T* next = n->*Next;
       f(*n);
       n = next;
     }

@@ -67,7 +67,10 @@ class listener_state final : public fd_state {
     if (!is_open() || closing()) return;
     close_when_idle();
     close_queued();
-    if (owner() && !owner()->draining()) waiters_.wake_all(*owner(), -ECANCELED);
+    if (owner() && !owner()->draining())
+      waiters_.wake_all(*owner(), -ECANCELED);
+    else
+      waiters_.clear();  // nobody will resume them: the ring is going away
   }
   static void release(listener_state* s) noexcept {
     s->close();
@@ -79,7 +82,10 @@ class listener_state final : public fd_state {
       : fd_state(r, ctx, fd, &listener_state::on_ring_gone, &listener_state::destroy),
         accept_(*this),
         fds_(high_water * 2) {}
-  ~listener_state() { close_queued(); }
+  ~listener_state() {
+    waiters_.clear();
+    close_queued();
+  }
   static void destroy(fd_state* s) noexcept { delete static_cast<listener_state*>(s); }
 
   void arm() noexcept {
@@ -131,9 +137,10 @@ class listener_state final : public fd_state {
         waiters_.front()->res = std::exchange(error_, 0);
         wake = waiters_.front()->coro;
         waiters_.remove(*waiters_.front());
-      } else if (final) {
-        arm();  // ended without a connection or an error (a throttling cancel, CQ overflow)
       }
+      // Ended with someone still waiting: a single-shot accept after each connection, a
+      // throttling cancel, a CQ overflow.
+      if (final && !waiters_.empty()) arm();
     }
     if (final) untrack(accept_);  // frees the state when its handle is gone (nobody waits then)
     if (wake) wake.resume();

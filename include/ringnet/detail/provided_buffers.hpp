@@ -27,12 +27,14 @@ namespace detail {
 
 // What a provided-buffer group needs from the streams bound to it.
 struct buffer_user {
-  using fn = void (*)(buffer_user*) noexcept;
-  fn refill;  // buffers came back after the kernel found none (ENOBUFS): re-arm
-  fn retire;  // the buffer_ring is going away: stop receiving into it
-  buffer_user* next_starved = nullptr;
+  // A buffer came back after the kernel found none (ENOBUFS) for this user: re-arm if someone
+  // still waits. false: nobody does, offer the buffer to the next starved user.
+  bool (*refill)(buffer_user*) noexcept;
+  void (*retire)(buffer_user*) noexcept;  // the buffer_ring is going away: stop receiving into it
   buffer_user* prev = nullptr;  // in the list of bound users
   buffer_user* next = nullptr;
+  buffer_user* starved_prev = nullptr;  // in the list of starved users, oldest first
+  buffer_user* starved_next = nullptr;
   bool starved = false;
 };
 
@@ -63,17 +65,16 @@ class provided_buffers final : public ring_resource, public remote_node {
     --available_;
     ++out_;
   }
-  // Back to the kernel (ring thread); a starved stream is re-armed.
+  // Back to the kernel (ring thread); the stream starved longest that still waits is re-armed.
   void recycle(std::uint16_t bid) noexcept {
     --out_;
     if (!retired_ && ring_) {
       add(bid, 0);
       io_uring_buf_ring_advance(br_, 1);
       ++available_;
-      if (buffer_user* u = starved_) {
-        starved_ = u->next_starved;
-        u->starved = false;
-        u->refill(u);
+      while (buffer_user* u = starved_.front()) {
+        unstarve(u);
+        if (u->refill(u)) break;
       }
     }
     maybe_free();
@@ -109,19 +110,14 @@ class provided_buffers final : public ring_resource, public remote_node {
     maybe_free();
   }
   void starve(buffer_user* u) noexcept {
+    if (u->starved) return;
     u->starved = true;
-    u->next_starved = starved_;
-    starved_ = u;
+    starved_.push_back(*u);
   }
   void unstarve(buffer_user* u) noexcept {
     if (!u->starved) return;
     u->starved = false;
-    for (buffer_user** p = &starved_; *p; p = &(*p)->next_starved) {
-      if (*p == u) {
-        *p = u->next_starved;
-        return;
-      }
-    }
+    starved_.remove(*u);
   }
   // A bound stream's recv on this group started / ended (the group is unregistered only when
   // none is in flight).
@@ -134,7 +130,10 @@ class provided_buffers final : public ring_resource, public remote_node {
   // The buffer_ring handle is gone.
   static void release_handle(provided_buffers* b) noexcept {
     b->retired_ = true;
-    b->bound_.for_each([](buffer_user& u) { u.retire(&u); });
+    b->bound_.for_each([b](buffer_user& u) {
+      b->unstarve(&u);
+      u.retire(&u);
+    });
     if (b->recvs_ == 0) b->unregister();
     b->handle_ = false;
     b->maybe_free();
@@ -223,7 +222,7 @@ class provided_buffers final : public ring_resource, public remote_node {
   bool registered_ = false;
   bool retired_ = false;
   bool handle_ = true;
-  buffer_user* starved_ = nullptr;
+  intrusive_list<buffer_user, &buffer_user::starved_prev, &buffer_user::starved_next> starved_;
   intrusive_list<buffer_user> bound_;
   std::atomic<std::uint32_t> returned_{none};
 };

@@ -215,10 +215,12 @@ class ring {
     run_ready();
   }
 
-  // Whether this thread may run a turn now. A turn inside a turn (sync_wait from a coroutine the
-  // ring runs) would run the ready queue while it is being run, and block the thread that has
-  // to make progress: refused, like a SINGLE_ISSUER ring run on another thread than its first.
-  void check_runnable_here() const {
+  // Makes this thread the ring's, to run turns on it. A turn inside a turn (sync_wait from a
+  // coroutine the ring runs) would run the ready queue while it is being run, and block the
+  // thread that has to make progress: refused. A SINGLE_ISSUER ring stays with the thread that
+  // first ran it (the kernel refuses any other submitter); the others may move between threads
+  // from one run to the next.
+  void claim_for_this_thread() {
     if (on_this_thread())
       RINGNET_THROW(std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                                       "ringnet: sync_wait or run() inside the context's own loop"));
@@ -226,6 +228,7 @@ class ring {
     if (mode_ == 0 && owner != std::thread::id{} && owner != std::this_thread::get_id())
       RINGNET_THROW(std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                                       "ringnet: io_context run on another thread than its first run"));
+    owner_.store(std::this_thread::get_id());
   }
 
   // Takes every request handed over by other threads and runs it here.
@@ -295,12 +298,9 @@ class ring {
     caps_.multishot_recv = supports(IORING_OP_SEND_ZC);
   }
 
-  // The first turn binds the ring to its thread (and enables a SINGLE_ISSUER ring there). A
-  // SINGLE_ISSUER ring stays with that thread (the kernel refuses any other submitter); the
-  // others may move between threads from one run to the next.
+  // The first turn binds the ring to its thread (and enables a SINGLE_ISSUER ring there).
   void enter_turn() {
-    check_runnable_here();
-    owner_.store(std::this_thread::get_id());
+    claim_for_this_thread();
     if (enabled_) return;
     // liburing 2.3 declares io_uring_enable_rings but does not export it: call the kernel.
     if (::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
@@ -369,14 +369,12 @@ class ring {
   // tasks, and tells every resource still alive that the ring is gone.
   void shutdown() noexcept {
     // SINGLE_ISSUER: only the thread that ran the ring may submit and wait. Elsewhere nothing
-    // may be in flight but the wake-up read (the kernel cancels it with the ring): with more,
-    // frames are left alone rather than freed under the kernel.
+    // may be in flight but the wake-up read (the kernel cancels it with the ring).
     const std::thread::id owner = owner_.load();
     const bool can_wait =
         enabled_ && (mode_ != 0 || owner == std::thread::id{} || owner == std::this_thread::get_id());
     RINGNET_ASSERT(can_wait || in_flight_ == 0,
                    "io_context destroyed with requests in flight on another thread than its own");
-    if (!can_wait && in_flight_ > 0) return;
     current_guard guard(this);
     draining_ = true;
     if (can_wait) {
@@ -391,15 +389,19 @@ class ring {
         io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
         reap();
       }
-      if (in_flight_ > 0) return;  // a request ignored its cancel for 5 s: leak, never free it
     }
-    do {
-      drain_remote();
-      while (detached_link* l = detached_.front()) {
-        detach(l);
-        l->frame.destroy();
-      }
-    } while (!remote_.empty());
+    // With requests still in the kernel (one ignored its cancel for 5 s, or no waiting was
+    // possible here) frames are left alone, leaked rather than freed under the kernel.
+    if (in_flight_ == 0) {
+      do {
+        drain_remote();
+        while (detached_link* l = detached_.front()) {
+          detach(l);
+          l->frame.destroy();
+        }
+      } while (!remote_.empty());
+    }
+    // Either way nothing may keep a pointer to this ring.
     while (ring_resource* r = resources_.front()) {
       remove_resource(r);
       r->gone(r);

@@ -35,14 +35,21 @@ class socket_state final : public fd_state, private buffer_user {
   // ---- what the wire said --------------------------------------------------------------
   [[nodiscard]] bool read_eof() const noexcept { return read_eof_; }
   [[nodiscard]] bool write_shut() const noexcept { return write_shut_; }
-  // -errno: the connection error seen on any path first (0: none). Once the kernel reported
-  // it, a recv on the dead socket returns 0; here it stays the answer to every later call.
+  // -errno: the connection error seen on any path first (0: none). The kernel reports it once;
+  // after that a recv on the dead socket returns 0 (once it has handed out what was still
+  // queued), which settle_read() turns back into this error, and sends are refused with it.
   [[nodiscard]] int connection_error() const noexcept { return error_; }
 
-  // Why a new request on the socket must not start: closed, being closed, or already over.
+  // Why a new request on the socket must not start: closed, or being closed. Reads still start
+  // after a connection error: the kernel may hold bytes that arrived before the reset.
   [[nodiscard]] std::optional<int> refuse() const noexcept {
     if (!is_open()) return -EBADF;
     if (closing()) return -ECANCELED;
+    return std::nullopt;
+  }
+  // Why a send (or shutdown) must not start: as refuse(), or the connection is over.
+  [[nodiscard]] std::optional<int> refuse_write() const noexcept {
+    if (auto r = refuse()) return r;
     if (error_ != 0) return error_;
     return std::nullopt;
   }
@@ -73,7 +80,7 @@ class socket_state final : public fd_state, private buffer_user {
     socket_state* st;
     ring* owner() const noexcept { return st ? st->owner() : nullptr; }
     int poll() const noexcept {
-      if (auto r = st->refuse(); r && *r != st->error_) return *r;
+      if (auto r = st->refuse()) return *r;
       return st->sends_ == 0 ? 0 : waiter::pending;
     }
     void enqueue(waiter& w) const noexcept { st->send_waiters_.push(w); }
@@ -99,13 +106,13 @@ class socket_state final : public fd_state, private buffer_user {
 
   // ---- receive(): a multishot recv into a provided-buffer ring ---------------------------
   // A receive() on `b` now: waiter::ready (take_received()), pending, 0 (the peer's FIN), or
-  // -errno. A stream receives into one ring at a time: another one while the first is armed or
-  // holds data is invalid_argument.
-  int rx_poll(provided_buffers& b) const noexcept {
-    if (auto r = refuse(); r && *r != error_) return *r;
-    if (rx_bufs_ && rx_bufs_ != &b && rx_busy()) return -EINVAL;
-    if (rx_bufs_ == &b && rx_head_ != provided_buffers::none) return waiter::ready;
-    if (error_ != 0) return error_;
+  // -errno. A stream receives into one ring at a time, of its own context: another one while the
+  // first is armed or holds data, or one of another context, is invalid_argument.
+  int rx_poll(const provided_buffers* b) const noexcept {
+    if (auto r = refuse()) return *r;
+    if (!b || b->owner() != owner()) return -EINVAL;
+    if (rx_bufs_ && rx_bufs_ != b && rx_busy()) return -EINVAL;
+    if (rx_bufs_ == b && rx_head_ != provided_buffers::none) return waiter::ready;
     if (read_eof_) return 0;
     return waiter::pending;
   }
@@ -122,7 +129,7 @@ class socket_state final : public fd_state, private buffer_user {
   // it filled meanwhile stays queued for the next call).
   void rx_dequeue(waiter& w) noexcept {
     rx_waiters_.remove(w);
-    if (rx_waiters_.empty()) rx_.cancel();
+    if (rx_waiters_.empty()) rx_stop();
   }
   // The oldest buffer received and not taken yet (provided_buffers::none if none).
   [[nodiscard]] std::uint16_t take_received() noexcept {
@@ -157,7 +164,10 @@ class socket_state final : public fd_state, private buffer_user {
       : fd_state(r, ctx, fd, &socket_state::on_ring_gone, &socket_state::destroy),
         buffer_user{&socket_state::on_refill, &socket_state::on_retire},
         rx_(*this) {}
-  ~socket_state() { rx_unbind(); }
+  ~socket_state() {
+    forget_waiters();
+    rx_unbind();
+  }
 
   static socket_state& of(buffer_user* u) noexcept { return static_cast<socket_state&>(*u); }
   static void destroy(fd_state* s) noexcept { delete static_cast<socket_state*>(s); }
@@ -166,14 +176,21 @@ class socket_state final : public fd_state, private buffer_user {
     if (error_ == 0 && connection_lost_errno(-res, write_shut_)) error_ = res;
   }
   void wake_waiters(int res) noexcept {
-    if (!owner() || owner()->draining()) return;
+    if (!owner() || owner()->draining()) return forget_waiters();
     rx_waiters_.wake_all(*owner(), res);
     send_waiters_.wake_all(*owner(), res);
   }
+  // Nobody will resume them (the ring is going away): unlinked, so that their frames, destroyed
+  // later, find nothing of this state to touch.
+  void forget_waiters() noexcept {
+    rx_waiters_.clear();
+    send_waiters_.clear();
+    rx_disarmed_waiters_.clear();
+  }
 
   void rx_arm() noexcept {
-    if (rx_.in_flight() || starved || !is_open() || closing() || read_eof_ || error_ != 0 ||
-        !rx_bufs_ || rx_bufs_->retired() || !owner() || owner()->draining())
+    if (rx_.in_flight() || starved || !is_open() || closing() || read_eof_ || !rx_bufs_ ||
+        rx_bufs_->retired() || !owner() || owner()->draining())
       return;
     io_uring_sqe* sqe = rx_.start(*owner());
     io_uring_prep_recv(sqe, fd(), nullptr, 0, 0);
@@ -217,8 +234,9 @@ class socket_state final : public fd_state, private buffer_user {
     }
     if (res == -ENOBUFS) {
       // The kernel found the ring empty. Buffers may have come back since (their CQEs and our
-      // recycling race it): re-armed below if so, else when one comes back.
-      if (b.available() == 0 && !b.retired()) b.starve(this);
+      // recycling race it): re-armed below if so, else when one comes back, if anyone waits
+      // (else the next receive() arms).
+      if (b.available() == 0 && !b.retired() && !rx_waiters_.empty()) b.starve(this);
     } else if (res <= 0) {
       (void)settle_read(res, 1);
     }
@@ -231,17 +249,20 @@ class socket_state final : public fd_state, private buffer_user {
           wake = rx_waiters_.take_front();
         else if (error_ != 0 || read_eof_)
           rx_waiters_.wake_all(*owner(), error_);
-        else if (final)
-          rx_arm();  // ended without data or error (a stop, buffers back after ENOBUFS, CQ overflow)
       }
+      // Ended with someone still waiting: a single-shot recv after each buffer, a stop while
+      // another came, buffers back after ENOBUFS, a CQ overflow.
+      if (final && !rx_waiters_.empty()) rx_arm();
     }
     if (final) untrack(rx_);  // frees the state when its handle is gone (nobody waits then)
     if (wake) wake.resume();
   }
 
-  static void on_refill(buffer_user* u) noexcept {
+  static bool on_refill(buffer_user* u) noexcept {
     socket_state& st = of(u);
-    if (!st.rx_waiters_.empty()) st.rx_arm();
+    if (st.rx_waiters_.empty()) return false;
+    st.rx_arm();
+    return true;
   }
   static void on_retire(buffer_user* u) noexcept {
     socket_state& st = of(u);
@@ -250,9 +271,7 @@ class socket_state final : public fd_state, private buffer_user {
   }
   static void on_ring_gone(ring_resource* res) noexcept {
     auto& st = static_cast<socket_state&>(static_cast<fd_state&>(*res));
-    st.rx_waiters_.clear();
-    st.send_waiters_.clear();
-    st.rx_disarmed_waiters_.clear();
+    st.forget_waiters();
     st.rx_unbind();
     st.ring_gone();
   }
