@@ -1177,23 +1177,35 @@ TEST_CASE("regression 18: both streams destroyed while their relay runs: it ends
   auto a = std::make_unique<rn::stream>(std::move(p.ours));
   auto b = std::make_unique<rn::stream>(std::move(q.ours));
   std::optional<rn::relay_result> result;
-  auto body = [&]() -> rn::task<void> {
-    auto relaying = [&]() -> rn::task<void> { result = co_await rn::relay(*a, *b); };
-    auto destroyer = [&]() -> rn::task<void> {
-      send_text(p.peer, "through");
-      (void)co_await rn::sleep_for(f.ctx, 50ms);
-      a.reset();  // the relay pinned both sockets: destroying the handles ends it, nothing dangles
-      b.reset();
+
+  SUBCASE("destroyed while it relays") {
+    auto body = [&]() -> rn::task<void> {
+      auto relaying = [&]() -> rn::task<void> { result = co_await rn::relay(*a, *b); };
+      auto destroyer = [&]() -> rn::task<void> {
+        send_text(p.peer, "through");
+        (void)co_await rn::sleep_for(f.ctx, 50ms);
+        a.reset();  // the relay pinned both sockets: destroying the handles ends it
+        b.reset();
+      };
+      co_await rn::when_all(relaying(), destroyer());
     };
-    co_await rn::when_all(relaying(), destroyer());
-  };
-  rn::sync_wait(f.ctx, body());
-  REQUIRE(result);
-  CHECK(result->a_to_b.bytes == 7);
+    rn::sync_wait(f.ctx, body());
+    REQUIRE(result);
+    CHECK(result->a_to_b.bytes == 7);
+    char buf[16];
+    test::bound_io_time(q.peer, 2);
+    CHECK(::recv(q.peer, buf, sizeof buf, 0) == 7);  // what went through, then the end
+  }
+  SUBCASE("moved and destroyed after relay() was called, before its task first ran") {
+    auto t = rn::relay(*a, *b);
+    rn::stream moved(std::move(*a));  // the task's frame holds what relay() pinned, not `a`
+    a.reset();
+    b.reset();
+    result = rn::sync_wait(f.ctx, std::move(t));
+    REQUIRE(result);
+    CHECK_FALSE(moved.is_open());  // the relay owned the socket: moving the handle ended it
+  }
   CHECK(result->outcome() == rn::close_outcome::canceled);
-  char buf[16];
-  test::bound_io_time(q.peer, 2);
-  CHECK(::recv(q.peer, buf, sizeof buf, 0) == 7);  // what went through, then the end
   CHECK(peer_sees(q.peer, 2s) != "nothing");
   CHECK(peer_sees(p.peer, 2s) != "nothing");
   CHECK(runs_dry(f.ctx, 2s));
@@ -1211,7 +1223,7 @@ TEST_CASE("regression 19: streams starved of one buffer ring are each served as 
   auto p = f.accept(), q = f.accept(), r = f.accept();
   std::string got_q, got_r;
   auto body = [&]() -> rn::task<void> {
-    send_text(p.peer, std::string(32, 'p'));
+    send_text(p.peer, std::string(32, 'p'));  // as much as the ring holds
     auto x = co_await p.ours.receive(*bufs);
     auto y = co_await p.ours.receive(*bufs);
     REQUIRE(x);
@@ -1223,9 +1235,14 @@ TEST_CASE("regression 19: streams starved of one buffer ring are each served as 
       if (b && *b) got = text(**b);
     };
     auto releaser = [&]() -> rn::task<void> {
-      (void)co_await rn::sleep_for(f.ctx, 30ms);
+      (void)co_await rn::sleep_for(f.ctx, 20ms);  // q and r starve
+      send_text(p.peer, "more");
+      (void)co_await rn::sleep_for(f.ctx, 20ms);
+      // then p starves too, and gives up: it must not keep a returned buffer from the others
+      auto gives_up = co_await within(f.ctx, 20ms, [&](auto st) { return p.ours.receive(*bufs, st); });
+      CHECK_FALSE(gives_up);
       CHECK(bufs->available() == 0);
-      x->reset();  // one buffer back: the stream that starved first gets it
+      x->reset();  // one buffer back: a stream still waiting gets it
       (void)co_await rn::sleep_for(f.ctx, 30ms);
       y->reset();  // and the other one the next
     };
