@@ -1,4 +1,4 @@
-// Regression tests: one TEST_CASE per defect found by trying the library adversarially (21 of
+// Regression tests: one TEST_CASE per defect found by trying the library adversarially (22 of
 // them), each asserting the behaviour a user or the peer should see. Where the defect was a hang,
 // a watchdog turns it into a failure.
 #include <poll.h>
@@ -1338,4 +1338,20 @@ TEST_CASE("regression 21: signal_set and buffer rings at their edges") {
     (void)rn::sync_wait(f.ctx, p.ours.close());
     ::close(p.peer);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A request that ran in an io-wq worker (a splice) can keep a reference to the socket past its
+// CQE, until the ring is next entered (DEFER_TASKRUN); the dup() stands in for that reference.
+TEST_CASE("regression 22: abort() resets the peer at once while the kernel still holds the socket") {
+  test::fd_leak_check fds;
+  test::watchdog wd(10s);
+  fixture f;
+  auto p = f.accept();
+  const int held = ::dup(p.ours.native_handle());
+  REQUIRE(held >= 0);
+  REQUIRE(rn::sync_wait(f.ctx, p.ours.abort()));
+  CHECK(peer_sees(p.peer, 2s) == "reset");  // before: nothing until the last reference went
+  ::close(held);
+  ::close(p.peer);
 }

@@ -327,8 +327,9 @@ class socket_ops {
   /// bad_file_descriptor.
   [[nodiscard]] task<result<void>> close(close_method how = close_method::syscall) const;
 
-  /// Abortive close: SO_LINGER {1, 0}, then close(): the peer gets RST at once and no TIME_WAIT
-  /// is left. Explicit, never a side effect of anything else.
+  /// Abortive close: SO_LINGER {1, 0}, then close(): the peer gets RST at once (the connection
+  /// is reset before the close, so no reference the kernel still holds delays it) and no
+  /// TIME_WAIT is left. Explicit, never a side effect of anything else.
   [[nodiscard]] task<result<void>> abort(close_method how = close_method::syscall) const;
 
   /// Until there is something to read (data, the peer's FIN or an error), without reading it.
@@ -395,7 +396,7 @@ class socket_ops {
                                            std::chrono::nanoseconds timeout);
   template <stoppable_token Token>
   static task<result<void>> shutdown_write_on(pinned_socket self, Token token, shutdown_method how);
-  static task<result<void>> close_on(pinned_socket self, close_method how);
+  static task<result<void>> close_on(pinned_socket self, close_method how, bool reset = false);
   static task<result<void>> abort_on(pinned_socket self, close_method how);
   static task<void> stop_receiving_on(pinned_socket self);
 
@@ -469,13 +470,21 @@ task<result<void>> socket_ops::shutdown_write_on(pinned_socket self, Token token
 inline task<result<void>> socket_ops::close(close_method how) const {
   return close_on(pinned_socket(*this), how);
 }
-inline task<result<void>> socket_ops::close_on(pinned_socket self, close_method how) {
+inline task<result<void>> socket_ops::close_on(pinned_socket self, close_method how, bool reset) {
   socket_state* st = self.st_;
   if (!st || !st->is_open()) co_return result<void>{};
   st->begin_close();
   (void)co_await waiting<fd_state::idle_source, never_stop_token>({st}, {});
   const int fd = st->take_fd();
   if (fd < 0) co_return result<void>{};  // another close() took it
+  if (reset) {
+    // The RST of SO_LINGER {1, 0} goes out when the last reference to the socket is dropped, and
+    // a request that ran in an io-wq worker (a splice) may hold one past its CQE, until the ring
+    // is next entered: connect(AF_UNSPEC) resets the connection now, whoever still holds it.
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    (void)::connect(fd, &unspec, sizeof unspec);
+  }
   detail::ring* ring = self.ring();
   const bool direct = how == close_method::syscall || !ring || !ring->caps().close_op;
   co_return co_await operation<close_op>(ring, close_op{fd, direct});
@@ -489,7 +498,7 @@ inline task<result<void>> socket_ops::abort_on(pinned_socket self, close_method 
     const linger lg{1, 0};
     ::setsockopt(self.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
-  co_return co_await close_on(std::move(self), how);
+  co_return co_await close_on(std::move(self), how, true);
 }
 
 inline task<void> socket_ops::stop_receiving() const { return stop_receiving_on(pinned_socket(*this)); }
