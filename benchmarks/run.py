@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """ringnet benchmark runner: one command, every peer, every workload, side by side.
 
-    python3 benchmarks/run.py                 # build (release) into build-bench/, 5 rounds each
-    python3 benchmarks/run.py --smoke         # 2 short rounds: a correctness run, well under 2 min
+    python3 benchmarks/run.py                 # quick: main workloads and peers, ~2 min with the build
+    python3 benchmarks/run.py --full          # every workload and peer, 5 rounds of 5 s (~45 min)
+    python3 benchmarks/run.py --smoke         # 2 short rounds: a correctness run, not a measurement
     python3 benchmarks/run.py --workloads churn --peers ringnet,liburing --runs 9 --json out.json
     python3 benchmarks/run.py --workloads churn --extra-echo ringnet-prev=/tmp/old/ringnet-echo
 
@@ -25,6 +26,10 @@ per operation (busy time of the server's core from /proc/stat, softirq included)
 raw-liburing reference (median of per-round ratios), latency, heap allocations per operation
 (LD_PRELOAD malloc counter, snapshotted at the start and end of the window), errors.
 
+Output: the tables on stdout, and the raw cells with the summaries as JSON (--json, default
+BUILD/benchmark.json) with an SVG chart of it beside (same name, .svg; benchmarks/chart.py).
+Compare two runs with benchmarks/compare.py OLD.json NEW.json.
+
 Exit status: 0 all cells clean; 1 a protocol error, a failed transfer or a crashed / non-zero
 exiting peer in some cell; 2 setup failure (build, missing load generator, nothing to run).
 Speed never fails a run.
@@ -43,6 +48,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import chart
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,6 +83,9 @@ ECHO_WORKLOADS = {
     "pingpong64": ["--workload", "pingpong", "--connections", "64", "--size", "64"],
 }
 ALL_WORKLOADS = ["churn", "pingpong1", "pingpong64", "bulk", "relay"]
+# The quick run (the default): the lifecycle workloads against the reference and the main peers.
+QUICK_WORKLOADS = ["churn", "pingpong1", "pingpong64"]
+QUICK_PEERS = ["ringnet", "liburing", "epoll", "asio-epoll"]
 RELAY_SIZE = 4 << 20  # bytes per relay lifecycle
 RELAY_CONNS = 2
 CHURN_SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
@@ -352,6 +362,25 @@ class Runner:
         self.tw_wait_left = args.tw_wait
         self.noisy_cells = 0
 
+    # ---------------- progress
+    def plan(self, a):
+        """How many cells the run holds, for the progress shown after each one."""
+        echo = sum(1 for w in a.workloads if w in ECHO_WORKLOADS)
+        proxied = sum(1 for w in a.workloads if w in ("bulk", "relay"))
+        self.planned = a.runs * (echo * len(self.echo_peers(quiet=True)) + proxied * len(self.proxies()))
+        self.started = time.monotonic()
+        estimate = self.planned * (a.warmup + a.duration + 0.8)
+        log("%d cells planned, about %.0f s%s" % (self.planned, estimate,
+                                                  " plus TIME_WAIT priming" if "churn" in a.workloads else ""))
+
+    def progress(self):
+        done = len(self.cells)
+        if not getattr(self, "planned", 0) or done == 0:
+            return ""
+        left = max(self.planned - done, 0)
+        per_cell = (time.monotonic() - self.started) / done
+        return "  (%d/%d, ~%.0f s left)" % (done, self.planned, left * per_cell)
+
     def note(self, msg):
         if msg not in self.notes:
             self.notes.append(msg)
@@ -428,14 +457,15 @@ class Runner:
             srv.stop()
             self.live.remove(srv)
 
-    def echo_peers(self):
+    def echo_peers(self, quiet=False):
         peers = []
         for name, rel, extra in ECHO_PEERS:
             if not (name in self.a.peers if self.a.peers else name not in OPT_IN_PEERS):
                 continue
             path = self.build / rel
             if not (path.is_file() and os.access(path, os.X_OK)):
-                self.note("echo peer %s skipped: %s not built" % (name, path))
+                if not quiet:
+                    self.note("echo peer %s skipped: %s not built" % (name, path))
                 continue
             peers.append((name, [str(path)] + extra))
         for name, path in self.a.extra_echo:
@@ -700,7 +730,8 @@ class Runner:
                 for name, kind, path, extra in proxies:
                     cell = self.run_relay_cell(rnd, name, kind, path, extra, port, up)
                     self.cells.append(cell)
-                    log("  [relay %d/%d] %-14s %s" % (rnd, self.a.runs, name, self.cell_line(cell)))
+                    log("  [relay %d/%d] %-14s %s%s" % (rnd, self.a.runs, name, self.cell_line(cell),
+                                                        self.progress()))
                     if not usrv.alive():
                         break
         finally:
@@ -795,12 +826,17 @@ class Runner:
             "client_cpu": self.client_cpu,
             "server_cpu": self.server_cpu,
             "runs": a.runs, "duration_s": a.duration, "warmup_s": a.warmup, "smoke": a.smoke,
+            "mode": a.mode,
             "tcp_max_tw_buckets": self.max_tw,
             "tcp_tw_reuse": read_int_file("/proc/sys/net/ipv4/tcp_tw_reuse", None),
             "build": str(self.build),
         }
         log("ringnet benchmarks: %d round(s) x %s s (+%s s warm-up), server on CPU %d, load on CPU %d%s" %
-            (a.runs, a.duration, a.warmup, self.server_cpu, self.client_cpu, ", SMOKE" if a.smoke else ""))
+            (a.runs, a.duration, a.warmup, self.server_cpu, self.client_cpu,
+             {"smoke": ", SMOKE", "full": "",
+              "quick": ", QUICK (fewer rounds, shorter cells, main workloads and peers; --full for "
+                       "the full run)"}[a.mode]))
+        self.plan(a)
         port = pick_port(a.port)
         if port != a.port:
             self.note("port %d busy, using %d" % (a.port, port))
@@ -826,7 +862,7 @@ class Runner:
                 for name, argv in peers:
                     cell = self.run_echo_cell(wl, rnd, name, argv, port)
                     self.cells.append(cell)
-                    log("  [%s %d/%d] %-11s %s" % (wl, rnd, a.runs, name, self.cell_line(cell)))
+                    log("  [%s %d/%d] %-11s %s%s" % (wl, rnd, a.runs, name, self.cell_line(cell), self.progress()))
             summaries[wl] = self.summarize_echo(wl, [p for p, _ in peers])
         if not ran_any:
             log("nothing ran (no peer binaries?)")
@@ -843,9 +879,13 @@ class Runner:
         else:
             log("\nall %d cells clean (every echo verified, every peer exited 0)" % len(self.cells))
         if a.json:
+            results = {"meta": meta, "notes": self.notes, "cells": self.cells, "summary": summaries}
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             with open(a.json, "w") as f:
-                json.dump({"meta": meta, "notes": self.notes, "cells": self.cells, "summary": summaries}, f, indent=1)
-            log("raw and summary numbers written to %s" % a.json)
+                json.dump(results, f, indent=1)
+            svg = Path(a.json).with_suffix(".svg")
+            chart.write_svg(results, svg)
+            log("raw and summary numbers written to %s, the chart to %s" % (a.json, svg))
         if failed:
             return 1
         return 0 if ran_any else 2
@@ -877,7 +917,7 @@ class Runner:
                 for name, kind, path, extra in proxies:
                     cell = self.run_bulk_cell(rnd, name, kind, path, extra, port, up, iperf)
                     self.cells.append(cell)
-                    log("  [bulk %d/%d] %-14s %s" % (rnd, a.runs, name, self.cell_line(cell)))
+                    log("  [bulk %d/%d] %-14s %s%s" % (rnd, a.runs, name, self.cell_line(cell), self.progress()))
                     if not isrv.alive():
                         break
         finally:
@@ -1067,12 +1107,16 @@ def main():
     ap.add_argument("--build", default=str(REPO / "build-bench"),
                     help="meson build dir (default: build-bench/; set up as release if missing)")
     ap.add_argument("--no-build", action="store_true", help="do not run meson/ninja, use the build dir as is")
+    ap.add_argument("--full", action="store_true",
+                    help="the full run: every workload and peer, 5 rounds of 5 s cells (default: a "
+                    "quick run of %s with %s, 3 rounds of 1.5 s)" % (",".join(QUICK_WORKLOADS),
+                                                                    ",".join(QUICK_PEERS)))
     ap.add_argument("--smoke", action="store_true",
                     help="short correctness run: 2 rounds of 1 s cells, fails on any error")
     ap.add_argument("--runs", type=int, help="rounds per workload (default 5, smoke 2)")
     ap.add_argument("--duration", type=float, help="measured seconds per cell (default 5, smoke 1)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1, smoke 0.2)")
-    ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
+    ap.add_argument("--workloads", default=None,
                     help="comma list of %s (default: all)" % ",".join(ALL_WORKLOADS))
     ap.add_argument("--peers", default="",
                     help="comma list of peers/proxies to run (default: all built): %s" %
@@ -1080,7 +1124,9 @@ def main():
     ap.add_argument("--extra-echo", metavar="NAME=PATH", action="append", default=[],
                     help="one more echo server binary to run beside the others (e.g. an earlier "
                     "build of ringnet-echo); may be repeated")
-    ap.add_argument("--json", metavar="FILE", help="write every raw cell and the summaries as JSON")
+    ap.add_argument("--json", metavar="FILE",
+                    help="where to write every raw cell and the summaries as JSON, with an SVG chart "
+                    "beside it (default BUILD/benchmark.json)")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help="port for every server (default %d; iperf3 upstream uses the next one)" % DEFAULT_PORT)
     ap.add_argument("--bulk-streams", type=int, default=1, help="parallel iperf3 streams (-P) in bulk")
@@ -1095,11 +1141,22 @@ def main():
     ap.add_argument("--client-cpu", type=int, help="CPU for load generators (default: the first allowed)")
     a = ap.parse_args()
 
-    a.runs = a.runs if a.runs is not None else (2 if a.smoke else 5)
-    a.duration = a.duration if a.duration is not None else (1.0 if a.smoke else 5.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.2 if a.smoke else 1.0)
-    a.prime = a.prime if a.prime is not None else (0.0 if a.smoke else 4.0)
-    a.tw_wait = a.tw_wait if a.tw_wait is not None else (5.0 if a.smoke else 65.0)
+    if a.full and a.smoke:
+        ap.error("--full and --smoke exclude each other")
+    a.mode = "smoke" if a.smoke else "full" if a.full else "quick"
+    # (rounds, seconds, warm-up, TIME_WAIT priming, TIME_WAIT wait) per mode
+    defaults = {"smoke": (2, 1.0, 0.2, 0.0, 5.0), "quick": (3, 1.5, 0.3, 1.0, 5.0),
+                "full": (5, 5.0, 1.0, 4.0, 65.0)}[a.mode]
+    a.runs = a.runs if a.runs is not None else defaults[0]
+    a.duration = a.duration if a.duration is not None else defaults[1]
+    a.warmup = a.warmup if a.warmup is not None else defaults[2]
+    a.prime = a.prime if a.prime is not None else defaults[3]
+    a.tw_wait = a.tw_wait if a.tw_wait is not None else defaults[4]
+    if a.workloads is None:
+        a.workloads = ",".join(QUICK_WORKLOADS if a.mode == "quick" else ALL_WORKLOADS)
+        if not a.peers and a.mode == "quick":
+            a.peers = ",".join(QUICK_PEERS)
+    a.json = a.json or str(Path(a.build) / "benchmark.json")
     if a.runs < 1 or a.duration <= 0 or a.warmup < 0:
         ap.error("--runs >= 1, --duration > 0, --warmup >= 0")
     a.workloads = [w for w in a.workloads.split(",") if w]

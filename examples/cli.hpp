@@ -18,8 +18,24 @@ namespace cli {
   std::fprintf(stderr, "error: %.*s", static_cast<int>(what.size()), what.data());
   if (!subject.empty()) std::fprintf(stderr, " '%.*s'", static_cast<int>(subject.size()), subject.data());
   if (!detail.empty()) std::fprintf(stderr, ": %.*s", static_cast<int>(detail.size()), detail.data());
-  std::fprintf(stderr, "\nusage: %s\n", usage);
+  std::fprintf(stderr, "\nusage: %s\n(--help lists every option)\n", usage);
   std::exit(2);
+}
+
+// -h/--help prints `help` (usage and every option with its default) to stdout, --version the
+// tool's and the library's version: either way true, and the caller exits 0.
+inline bool help_or_version(std::string_view arg, const char* tool, const char* help) {
+  if (arg == "-h" || arg == "--help") {
+    std::fputs(help, stdout);
+    return true;
+  }
+  if (arg == "--version") {
+    std::printf("%s (ringnet) %d.%d.%d, liburing %d.%d headers\n", tool, RINGNET_VERSION_MAJOR,
+                RINGNET_VERSION_MINOR, RINGNET_VERSION_PATCH, RINGNET_LIBURING_VERSION / 100,
+                RINGNET_LIBURING_VERSION % 100);
+    return true;
+  }
+  return false;
 }
 
 // "--name value" (also "--name=value"); advances i past the value.

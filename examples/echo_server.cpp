@@ -25,6 +25,28 @@ namespace {
 
 constexpr const char* usage =
     "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--shutdown syscall|io_uring]";
+constexpr const char* help =
+    "usage: ringnet-echo --listen HOST:PORT [options]\n"
+    "\n"
+    "Echoes every byte as it arrives; after the client's FIN it finishes sending, half-closes and\n"
+    "closes (never an RST for a well-behaved client). SIGINT/SIGTERM: stops accepting, lets open\n"
+    "connections finish within the grace period, resets the rest, prints its counters to stderr\n"
+    "and exits 0.\n"
+    "\n"
+    "options:\n"
+    "  --listen HOST:PORT        address to listen on (required; IPv6 as [::1]:PORT). Port 0 picks\n"
+    "                            a free port; the first line on stdout is \"listening on HOST:PORT\"\n"
+    "  --grace SECONDS           shutdown grace period, 0..86400 (default 5)\n"
+    "  --threads N               rings, one thread each with its own SO_REUSEPORT listener,\n"
+    "                            1..256 (default 1)\n"
+    "  --shutdown syscall|io_uring\n"
+    "                            how the FIN is sent: shutdown(2) or IORING_OP_SHUTDOWN\n"
+    "                            (default syscall, measured cheaper)\n"
+    "  -h, --help                this text\n"
+    "  --version                 the version of the tool and of the liburing headers it was built with\n"
+    "\n"
+    "exit status: 0 after a graceful shutdown or --help/--version, 1 on a runtime error (the\n"
+    "address cannot be bound, ...), 2 on bad arguments (message on stderr).\n";
 
 // One multishot recv per connection, into buffers shared by every connection of the thread.
 struct echo {
@@ -64,6 +86,7 @@ int main(int argc, char** argv) {
   double threads = 1;
   auto how = rn::shutdown_method::syscall;  // measured cheaper than IORING_OP_SHUTDOWN (README)
   for (int i = 1; i < argc; ++i) {
+    if (cli::help_or_version(argv[i], "ringnet-echo", help)) return 0;
     if (auto v = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*v, usage);
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256);

@@ -26,6 +26,30 @@ namespace {
 constexpr const char* usage =
     "ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S] "
     "[--grace S] [--buffer BYTES]";
+constexpr const char* help =
+    "usage: ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [options]\n"
+    "\n"
+    "Relays every accepted connection to the upstream. Half-close is forwarded both ways; a reset\n"
+    "on either side resets the other; an upstream that refuses or does not answer within 10 s\n"
+    "resets the client. SIGINT/SIGTERM: stops accepting, lets open connections finish within the\n"
+    "grace period, resets the rest, prints its counters to stderr and exits 0.\n"
+    "\n"
+    "options:\n"
+    "  --listen HOST:PORT        address to listen on (required; IPv6 as [::1]:PORT). Port 0 picks\n"
+    "                            a free port; the first line on stdout is \"listening on HOST:PORT\"\n"
+    "  --upstream HOST:PORT      where each connection is relayed to (required)\n"
+    "  --copy                    relay through a buffer in user space (the default)\n"
+    "  --splice                  relay through a pipe with splice(2), no copy to user space\n"
+    "  --idle-timeout SECONDS    reset a connection when no byte moved either way for this long,\n"
+    "                            0 disables it, up to 1e7 (default 600)\n"
+    "  --grace SECONDS           shutdown grace period, 0..86400 (default 5)\n"
+    "  --buffer BYTES            buffer (copy) or pipe (splice) size per direction, 1..2^30\n"
+    "                            (default 1048576)\n"
+    "  -h, --help                this text\n"
+    "  --version                 the version of the tool and of the liburing headers it was built with\n"
+    "\n"
+    "exit status: 0 after a graceful shutdown or --help/--version, 1 on a runtime error (the\n"
+    "address cannot be bound, ...), 2 on bad arguments (message on stderr).\n";
 
 struct tally {
   std::size_t relays = 0, clean = 0, reset = 0, timed_out = 0, stopped = 0, failed = 0;
@@ -80,6 +104,7 @@ int main(int argc, char** argv) {
   rn::relay_path path = rn::relay_path::copy;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
+    if (cli::help_or_version(arg, "ringnet-proxy", help)) return 0;
     if (arg == "--splice") path = rn::relay_path::splice;
     else if (arg == "--copy") path = rn::relay_path::copy;
     else if (auto l = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*l, usage);

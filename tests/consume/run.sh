@@ -7,7 +7,9 @@
 #   4. two vendored copies (liba_net, libb_net) in one binary
 #   5. two-TU ODR: three TUs with the default namespace sharing templates and inline thread_locals
 #      (g++: -flto -Wodr -Werror, so the LTO linker diagnoses ODR violations)
-#   6. compile time of the umbrella header (informational)
+#   6. CMake: find_package(ringnet 0.1) against the installed prefix, and add_subdirectory of the
+#      source tree, each linking the ringnet::ringnet target alone (when cmake is installed)
+#   7. compile time of the umbrella header (informational)
 # Cases 3-5 run with g++ and, when present, clang++-16. Every consumer does a loopback round trip
 # (tests/consume/roundtrip.hpp) and exits non-zero unless the bytes arrive.
 #
@@ -116,9 +118,11 @@ case_pkgconfig() {
   local pc
   pc=$(find "$prefix" -name ringnet.pc -print -quit)
   [ -n "$pc" ] || die "no ringnet.pc installed under $prefix"
-  # Exactly the headers and the .pc: nothing else is installed.
+  # Exactly the headers, the .pc and the CMake package: nothing else is installed.
   local extra
-  extra=$(cd "$prefix" && find . -type f ! -path './include/ringnet/*' ! -name ringnet.pc)
+  extra=$(cd "$prefix" && find . -type f ! -path './include/ringnet/*' ! -name ringnet.pc \
+    ! -path './share/cmake/ringnet/ringnet-config.cmake' \
+    ! -path './share/cmake/ringnet/ringnet-config-version.cmake')
   [ -z "$extra" ] || die "unexpected installed files: $extra"
   diff <(cd "$repo/include" && find ringnet -type f | sort) \
        <(cd "$prefix/include" && find ringnet -type f | sort) || die "installed header set differs"
@@ -137,6 +141,34 @@ case_pkgconfig() {
       -o consumer $libs )
   run_bin "$d/consumer"
   note "ringnet.pc $version, ${pc#"$prefix"/}"
+}
+
+# ---- 6. CMake ----------------------------------------------------------------------------------------------
+case_cmake() {  # case_cmake package|subdirectory
+  local how=$1 d="$work/cmake-$1" prefix="$work/cmake-$1/prefix" args=()
+  mkdir -p "$d/src"
+  cp "$here/cmake/CMakeLists.txt" "$here/cmake/main.cpp" "$here/roundtrip.hpp" "$d/src/"
+  if [ "$how" = package ]; then
+    CXX="$gxx" CC=gcc meson setup "$d/meson" "$repo" --prefix "$prefix" \
+      -Dtests=disabled -Dbenchmarks=disabled -Dexamples=false
+    meson install -C "$d/meson"
+    args=(-DCMAKE_PREFIX_PATH="$prefix")
+  else
+    args=(-DRINGNET_SOURCE="$repo")
+  fi
+  cmake -S "$d/src" -B "$d/build" -DRINGNET_HOW="$how" -DCMAKE_CXX_COMPILER="$gxx" \
+    -DCMAKE_CXX_FLAGS="${warn[*]}" "${args[@]}" | tee "$d/configure.log"
+  cmake --build "$d/build" --verbose | tee "$d/build.log"
+  grep -q -- '-std=\(gnu\|c\)++20' "$d/build.log" || die "the target did not carry C++20"
+  grep -q -- '-luring\|liburing\.so' "$d/build.log" || die "the target did not carry liburing"
+  # One version for every consumption path: the CMake project's, meson's and the headers'.
+  local mv
+  mv=$(sed -n "s/^  version: '\([0-9.]*\)',/\1/p" "$repo/meson.build")
+  grep -q "project(ringnet VERSION $mv " "$repo/CMakeLists.txt" || die "CMakeLists.txt version differs from meson's $mv"
+  [ "$how" = subdirectory ] || grep -q "ringnet $mv from $prefix/share/cmake/ringnet" "$d/configure.log" \
+    || die "find_package did not report ringnet $mv from the prefix"
+  run_bin "$d/build/consumer"
+  note "ringnet::ringnet via $how ($mv), C++20 and liburing from the target"
 }
 
 # ---- 3. vendored, renamed namespace -----------------------------------------------------------------
@@ -269,7 +301,7 @@ case_odr() {
   note "3 TUs, $how"
 }
 
-# ---- 6. compile time ---------------------------------------------------------------------------------------
+# ---- 7. compile time ---------------------------------------------------------------------------------------
 # Timed alone, before the other cases start, so they do not compete for the CPU.
 syntax_seconds() {  # syntax_seconds CXX: best of two runs of -fsyntax-only on the umbrella header
   local best="" t0 t1 s _
@@ -315,6 +347,12 @@ done
 [ -n "$gxx" ] || { echo "FAIL  g++ not found"; exit 1; }
 start_case meson-subproject case_subproject
 start_case installed-pkg-config case_pkgconfig
+if command -v cmake >/dev/null; then
+  start_case cmake-find-package case_cmake package
+  start_case cmake-add-subdirectory case_cmake subdirectory
+else
+  echo "INFO  cmake not found: the CMake cases did not run"
+fi
 for cxx in "$gxx" "$clangxx"; do
   [ -n "$cxx" ] || continue
   tag=$(compiler_tag "$cxx")

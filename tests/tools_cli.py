@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The examples behave like Unix tools: --help (usage and every option with its default, on
+stdout, exit 0), --version, bad arguments on stderr with exit 2, the 'listening on HOST:PORT'
+line, SIGTERM -> exit 0.
+
+usage: tools_cli.py PATH/TO/ringnet-echo PATH/TO/ringnet-proxy PROJECT_VERSION
+"""
+import re
+import signal
+import subprocess
+import sys
+
+failures = []
+
+
+def check(ok, what):
+    print(("ok    " if ok else "FAIL  ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def run(argv, timeout=10):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def tool(path, name, version, options, required, bad_values):
+    h = run([path, "--help"])
+    check(h.returncode == 0 and h.stderr == "", "%s --help exits 0, nothing on stderr" % name)
+    check(h.stdout.startswith("usage: %s" % name), "%s --help starts with its usage" % name)
+    for opt in options + ["--help", "--version"]:
+        check(re.search(r"^\s+(-h, )?%s\b" % re.escape(opt), h.stdout, re.M) is not None,
+              "%s --help lists %s" % (name, opt))
+    check("(default" in h.stdout and "exit status" in h.stdout, "%s --help gives defaults and exit status" % name)
+    check(run([path, "-h"]).stdout == h.stdout, "%s -h is --help" % name)
+    v = run([path, "--version"])
+    check(v.returncode == 0 and v.stdout.startswith("%s (ringnet) %s" % (name, version)),
+          "%s --version says %s (got %r)" % (name, version, v.stdout.strip()))
+    for argv, why in [(["--bogus"], "unknown argument"), ([], "missing " + required[0])] + bad_values:
+        r = run([path] + argv)
+        check(r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: "),
+              "%s %s: exit 2, message on stderr (%s; got %d %r)" % (name, " ".join(argv), why, r.returncode,
+                                                                    r.stderr.splitlines()[:1]))
+    # the interface others depend on: port 0 prints the real one; SIGTERM exits 0
+    extra = ["--upstream", "127.0.0.1:9"] if name == "ringnet-proxy" else []
+    p = subprocess.Popen([path, "--listen", "127.0.0.1:0"] + extra, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        check(re.fullmatch(r"listening on 127\.0\.0\.1:[1-9][0-9]*\n", line) is not None,
+              "%s prints 'listening on 127.0.0.1:PORT' (got %r)" % (name, line))
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=15)
+        check(rc == 0, "%s exits 0 on SIGTERM (got %d)" % (name, rc))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    echo, proxy, version = sys.argv[1:]
+    tool(echo, "ringnet-echo", version, ["--listen", "--grace", "--threads", "--shutdown"], ["--listen"],
+         [(["--listen", "127.0.0.1:0", "--grace", "-1"], "negative grace"),
+          (["--listen", "127.0.0.1:0", "--threads", "x"], "not a number"),
+          (["--listen", "nowhere"], "bad address"),
+          (["--listen", "127.0.0.1:0", "--shutdown", "maybe"], "bad choice")])
+    tool(proxy, "ringnet-proxy", version,
+         ["--listen", "--upstream", "--copy", "--splice", "--idle-timeout", "--grace", "--buffer"],
+         ["--listen"],
+         [(["--listen", "127.0.0.1:0"], "missing --upstream"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "0"], "buffer out of range")])
+    print("%d failed" % len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
