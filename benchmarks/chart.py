@@ -47,8 +47,10 @@ def latencies(summary):
     """[(workload, [(peer, p50, p99, p999)])] of the echo workloads."""
     out = []
     for wl, peers in summary.items():
+        # 0 is what an empty histogram reports (a peer whose cells all failed): no latency at all
         rows = [(p, s.get("p50_us_median"), s.get("p99_us_median"), s.get("p999_us_median"))
-                for p, s in peers.items() if s.get("p50_us_median") is not None]
+                for p, s in peers.items() if (s.get("p50_us_median") or 0) > 0]
+        rows = [tuple([r[0]] + [v if v and v > 0 else None for v in r[1:]]) for r in rows]
         if rows:
             out.append((wl, rows))
     return out
@@ -145,7 +147,7 @@ def render(data):
     if lat:
         vals = [v for _, rows in lat for r in rows for v in r[1:] if v]
         lo = 10 ** math.floor(math.log10(min(vals)))
-        hi = 10 ** math.ceil(math.log10(max(vals)))
+        hi = max(10 ** math.ceil(math.log10(max(vals))), lo * 10)  # at least one decade
 
         def sl(v):
             return (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * PANEL_W

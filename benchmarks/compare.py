@@ -6,8 +6,8 @@
 Per workload and peer present in both: the ratio to the reference (CPU per operation, or per GB
 for bulk/relay, and the rate) in each run, and how it moved. Ratios to the reference taken in the
 same run cancel most of what differs between two machines or two days; the raw figures do not.
-A change inside the per-round range of either run is marked "~" (within noise).
-Exit status 0, or 2 when a file cannot be read or the runs share no workload.
+A change whose medians each lie inside the other run's per-round range is marked "~" (noise).
+Exit status 0, or 2 when a file cannot be read, is not a run's JSON, or the runs share no workload.
 """
 
 import json
@@ -31,9 +31,9 @@ def spread(s, key):
 
 
 def verdict(old, new, old_range, new_range):
-    if old is None or new is None:
+    if old is None or new is None or old == 0:
         return "-"
-    change = (new - old) / old * 100 if old else 0.0
+    change = (new - old) / old * 100
     # within noise: each median lies inside the other run's per-round range
     inside = all(r[0] is not None and r[0] <= v <= r[1] for v, r in ((old, new_range), (new, old_range)))
     return "%+6.1f%%%s" % (change, " ~" if inside else "")
@@ -48,7 +48,15 @@ def main(argv):
     except (OSError, ValueError) as e:
         print("compare: %s" % e, file=sys.stderr)
         return 2
-    so, sn = old.get("summary", {}), new.get("summary", {})
+    try:
+        return compare(old, new)
+    except (AttributeError, TypeError, KeyError) as e:
+        print("compare: not the JSON of a benchmarks/run.py run (%s)" % e, file=sys.stderr)
+        return 2
+
+
+def compare(old, new):
+    so, sn = old.get("summary") or {}, new.get("summary") or {}
     common = [w for w in sn if w in so]
     if not common:
         print("compare: the runs share no workload (old: %s; new: %s)" % (",".join(so), ",".join(sn)),

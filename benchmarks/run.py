@@ -1113,13 +1113,15 @@ def main():
                                                                     ",".join(QUICK_PEERS)))
     ap.add_argument("--smoke", action="store_true",
                     help="short correctness run: 2 rounds of 1 s cells, fails on any error")
-    ap.add_argument("--runs", type=int, help="rounds per workload (default 5, smoke 2)")
-    ap.add_argument("--duration", type=float, help="measured seconds per cell (default 5, smoke 1)")
-    ap.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1, smoke 0.2)")
+    ap.add_argument("--runs", type=int, help="rounds per workload (default: quick 3, full 5, smoke 2)")
+    ap.add_argument("--duration", type=float, help="measured seconds per cell (default: quick 1.5, full 5, smoke 1)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds per cell (default: quick 0.3, full 1, smoke 0.2)")
     ap.add_argument("--workloads", default=None,
-                    help="comma list of %s (default: all)" % ",".join(ALL_WORKLOADS))
+                    help="comma list of %s (default: quick %s; full and smoke all; every workload when "
+                    "only --peers is given)" % (",".join(ALL_WORKLOADS), ",".join(QUICK_WORKLOADS)))
     ap.add_argument("--peers", default="",
-                    help="comma list of peers/proxies to run (default: all built): %s" %
+                    help="comma list of peers/proxies to run (default: quick %s unless --workloads is given; "
+                    "else all built): %%s" % ",".join(QUICK_PEERS) %
                     ",".join([p[0] for p in ECHO_PEERS] + [p[0] for p in PROXIES]))
     ap.add_argument("--extra-echo", metavar="NAME=PATH", action="append", default=[],
                     help="one more echo server binary to run beside the others (e.g. an earlier "
@@ -1132,10 +1134,10 @@ def main():
     ap.add_argument("--bulk-streams", type=int, default=1, help="parallel iperf3 streams (-P) in bulk")
     ap.add_argument("--tw-wait", type=float,
                     help="max seconds in all to wait for TIME_WAIT of other ports to drain before churn "
-                    "(default 65, smoke 5)")
+                    "(default: full 65, quick and smoke 5)")
     ap.add_argument("--prime", type=float,
                     help="seconds of unmeasured churn before the first churn round, to bring TIME_WAIT "
-                    "to steady state (default 4, smoke 0)")
+                    "to steady state (default: full 4, quick 1, smoke 0)")
     ap.add_argument("--no-malloc-count", action="store_true", help="do not LD_PRELOAD the malloc counter")
     ap.add_argument("--server-cpu", type=int, help="CPU for servers/proxies (default: the last allowed)")
     ap.add_argument("--client-cpu", type=int, help="CPU for load generators (default: the first allowed)")
@@ -1152,11 +1154,16 @@ def main():
     a.warmup = a.warmup if a.warmup is not None else defaults[2]
     a.prime = a.prime if a.prime is not None else defaults[3]
     a.tw_wait = a.tw_wait if a.tw_wait is not None else defaults[4]
+    # quick: the main workloads and peers, unless the caller named either (named peers get every
+    # workload, so that a proxy named alone still runs)
     if a.workloads is None:
-        a.workloads = ",".join(QUICK_WORKLOADS if a.mode == "quick" else ALL_WORKLOADS)
-        if not a.peers and a.mode == "quick":
+        quick = a.mode == "quick" and not a.peers
+        a.workloads = ",".join(QUICK_WORKLOADS if quick else ALL_WORKLOADS)
+        if quick:
             a.peers = ",".join(QUICK_PEERS)
     a.json = a.json or str(Path(a.build) / "benchmark.json")
+    if Path(a.json).suffix == ".svg":
+        ap.error("--json names the JSON file; the chart goes beside it with .svg")
     if a.runs < 1 or a.duration <= 0 or a.warmup < 0:
         ap.error("--runs >= 1, --duration > 0, --warmup >= 0")
     a.workloads = [w for w in a.workloads.split(",") if w]

@@ -4,6 +4,7 @@
 #include <ringnet/endpoint.hpp>
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -57,11 +58,13 @@ inline ringnet::endpoint endpoint(std::string_view text, const char* usage) {
   return *ep;
 }
 
-inline double number(std::string_view text, const char* usage, double min, double max) {
+// A number in [min, max] (a whole one if `whole`); "nan" and "inf" are refused.
+inline double number(std::string_view text, const char* usage, double min, double max, bool whole = false) {
   double v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc{} || end != text.data() + text.size() || v < min || v > max)
-    usage_error(usage, "bad number", text);
+  if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(v) || !(v >= min && v <= max) ||
+      (whole && v != std::floor(v)))
+    usage_error(usage, whole ? "bad whole number" : "bad number", text);
   return v;
 }
 

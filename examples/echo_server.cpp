@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     if (cli::help_or_version(argv[i], "ringnet-echo", help)) return 0;
     if (auto v = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*v, usage);
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
-    else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256);
+    else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256, true);
     else if (auto m = cli::option(argc, argv, i, "--shutdown", usage)) {
       if (*m == "io_uring") how = rn::shutdown_method::io_uring;
       else if (*m != "syscall") cli::usage_error(usage, "--shutdown takes syscall or io_uring");

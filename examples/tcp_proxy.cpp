@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
     else if (auto u = cli::option(argc, argv, i, "--upstream", usage)) upstream = cli::endpoint(*u, usage);
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--idle-timeout", usage)) idle_s = cli::number(*t, usage, 0, 1e7);
-    else if (auto b = cli::option(argc, argv, i, "--buffer", usage)) buffer = cli::number(*b, usage, 1, 1 << 30);
+    else if (auto b = cli::option(argc, argv, i, "--buffer", usage)) buffer = cli::number(*b, usage, 1, 1 << 30, true);
     else cli::usage_error(usage, "unknown argument", argv[i]);
   }
   if (!at) cli::usage_error(usage, "--listen is required");

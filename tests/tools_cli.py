@@ -65,13 +65,20 @@ def main():
     tool(echo, "ringnet-echo", version, ["--listen", "--grace", "--threads", "--shutdown"], ["--listen"],
          [(["--listen", "127.0.0.1:0", "--grace", "-1"], "negative grace"),
           (["--listen", "127.0.0.1:0", "--threads", "x"], "not a number"),
+          (["--listen", "127.0.0.1:0", "--threads", "nan"], "nan"),
+          (["--listen", "127.0.0.1:0", "--threads", "1.5"], "not whole"),
+          (["--listen", "127.0.0.1:0", "--grace", "nan"], "nan"),
+          (["--listen", "127.0.0.1:0", "--grace", "inf"], "inf"),
           (["--listen", "nowhere"], "bad address"),
           (["--listen", "127.0.0.1:0", "--shutdown", "maybe"], "bad choice")])
     tool(proxy, "ringnet-proxy", version,
          ["--listen", "--upstream", "--copy", "--splice", "--idle-timeout", "--grace", "--buffer"],
          ["--listen"],
          [(["--listen", "127.0.0.1:0"], "missing --upstream"),
-          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "0"], "buffer out of range")])
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "0"], "buffer out of range"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "nan"], "nan"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "1.5"], "not whole"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--idle-timeout", "nan"], "nan")])
     print("%d failed" % len(failures))
     return 1 if failures else 0
 
