@@ -2,7 +2,7 @@
 """ringnet benchmark runner: one command, every peer, every workload, side by side.
 
     python3 benchmarks/run.py                 # quick: main workloads and peers, ~2 min with the build
-    python3 benchmarks/run.py --full          # every workload and peer, 5 rounds of 5 s (~45 min)
+    python3 benchmarks/run.py --full          # every workload and peer, 5 rounds of 5 s (~15-20 min)
     python3 benchmarks/run.py --smoke         # 2 short rounds: a correctness run, not a measurement
     python3 benchmarks/run.py --workloads churn --peers ringnet,liburing --runs 9 --json out.json
     python3 benchmarks/run.py --workloads churn --extra-echo ringnet-prev=/tmp/old/ringnet-echo
