@@ -28,21 +28,12 @@ import tempfile
 import threading
 import time
 
+from check_log import check, note, results
+
 HOST = "127.0.0.1"
 GRACE = 2.0
 
 started = []  # every Popen we started, ended in cleanup()
-results = {"passed": 0, "failed": 0}
-
-
-def note(msg):
-    print(msg, flush=True)
-
-
-def check(ok, what):
-    results["passed" if ok else "failed"] += 1
-    note(("ok:   " if ok else "FAIL: ") + what)
-    return ok
 
 
 def start(argv, **kw):

@@ -493,36 +493,58 @@ TEST_CASE("relay: cancelling a stream (rn::server after its grace period) ends t
   });
 }
 
-TEST_CASE("relay: idle spliced connections hold no io-wq kernel thread") {
+TEST_CASE("relay: idle connections hold no buffer, no pipe and no io-wq kernel thread") {
   constexpr int n = 200;
   test::raise_fd_limit(8 * n + 512);
-  test::fd_leak_check fds;
-  rig g;
-  std::vector<relayed> conns;
-  for (int i = 0; i < n; ++i) conns.push_back(g.connect());
   const auto threads = [] {
     int t = 0;
     for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) t += e.exists();
     return t;
   };
-  const int before = threads();
-  rn::inplace_stop_source stop;
-  int ended = 0, during = 0;
-  auto one = [&](relayed& c) -> rn::task<void> {
-    (void)co_await rn::relay(c.a, c.b, {.path = rn::relay_path::splice}, stop.get_token());
-    ++ended;
-  };
-  auto body = [&]() -> rn::task<void> {
-    for (relayed& c : conns) rn::spawn(g.ctx, one(c));
-    (void)co_await rn::sleep_for(g.ctx, 300ms);  // every relay is waiting for data
-    during = threads();
-    stop.request_stop();
-    for (int i = 0; i < 1000 && ended < n; ++i) (void)co_await rn::sleep_for(g.ctx, 5ms);
-  };
-  rn::sync_wait(g.ctx, body());
-  CHECK(ended == n);
-  CHECK(during - before < 8);
-  MESSAGE(n << " idle spliced relays: " << during - before << " extra threads");
+  const auto& buffers = rn::detail::relay_buffer_pool::local();
+  on_each_path([&](rn::relay_path path, rig& g) {
+    std::vector<relayed> conns;
+    for (int i = 0; i < n; ++i) conns.push_back(g.connect());
+    const int fds_before = test::open_fds();
+    const int threads_before = threads();
+    rn::inplace_stop_source stop;
+    int ended = 0, exchanged = 0, during_threads = 0, during_fds = 0;
+    std::size_t during_buffers = 0;
+    auto one = [&](relayed& c) -> rn::task<void> {
+      (void)co_await rn::relay(c.a, c.b, {.path = path}, stop.get_token());
+      ++ended;
+    };
+    auto body = [&]() -> rn::task<void> {
+      for (relayed& c : conns) rn::spawn(g.ctx, one(c));
+      // One byte each way through every relay, so each direction has had data in flight...
+      std::jthread peers([&] {
+        for (relayed& c : conns) {
+          char x = 'q', y = 0, z = 0;
+          if (::send(c.client, &x, 1, MSG_NOSIGNAL) == 1 && ::recv(c.upstream, &y, 1, 0) == 1 &&
+              ::send(c.upstream, &x, 1, MSG_NOSIGNAL) == 1 && ::recv(c.client, &z, 1, 0) == 1 &&
+              y == 'q' && z == 'q')
+            ++exchanged;
+        }
+      });
+      for (int i = 0; i < 2000 && exchanged < n; ++i) (void)co_await rn::sleep_for(g.ctx, 5ms);
+      // ...then quiet for longer than a spliced direction keeps its pipe.
+      (void)co_await rn::sleep_for(g.ctx, 500ms);
+      during_threads = threads();
+      during_fds = test::open_fds();
+      during_buffers = buffers.outstanding();
+      stop.request_stop();
+      for (int i = 0; i < 1000 && ended < n; ++i) (void)co_await rn::sleep_for(g.ctx, 5ms);
+    };
+    rn::sync_wait(g.ctx, body());
+    CHECK(exchanged == n);
+    CHECK(ended == n);
+    CHECK(during_fds == fds_before);     // no pipe left open
+    CHECK(during_buffers == 0);          // no copy buffer held
+    CHECK(during_threads - threads_before < 8);
+    MESSAGE(name(path) << ": " << n << " idle relays after traffic: " << during_fds - fds_before
+                       << " extra descriptors, " << during_buffers << " buffers held, "
+                       << during_threads - threads_before << " extra threads");
+  });
 }
 
 TEST_CASE("relay: 1 GiB each way through each data path, every byte verified") {

@@ -50,9 +50,11 @@ enum class relay_path {
 
 struct relay_options {
   relay_path path = relay_path::copy;
-  /// Bytes in flight per direction: the copy buffer (from a per-thread pool, so connections reuse
-  /// them), or the pipe size for splice (rounded up to a power of two pages; unprivileged
-  /// processes are capped at fs.pipe-max-size).
+  /// Bytes in flight per direction: the copy buffer, or the pipe size for splice (rounded up to a
+  /// power of two pages; unprivileged processes are capped at fs.pipe-max-size). Either is held
+  /// only while data moves: an idle direction waits for data with neither (the pipe goes after
+  /// 200 ms without data). Copy buffers are mapped from the kernel, resident only as far as data
+  /// reached, and recycled per thread within 8 MiB of resident memory; the rest is unmapped.
   std::size_t buffer_size = std::size_t{1} << 20;
   /// A direction times out after moving no byte for this long while it holds bytes its
   /// destination does not take, or while the other direction moved nothing either: one side
@@ -119,6 +121,19 @@ struct relay_result {
 
 namespace detail {
 
+// What a recv moved, and whether the socket still holds more: IORING_CQE_F_SOCK_NONEMPTY, which
+// kernels before 5.19 never set (every recv then looks like it drained the socket).
+struct recv_progress {
+  std::size_t bytes;
+  bool more_queued;
+};
+struct recv_reporting_queue_op : recv_op {
+  static result<recv_progress> complete(int res, std::uint32_t flags) noexcept {
+    if (res < 0) return errno_code(-res);
+    return recv_progress{static_cast<std::size_t>(res), (flags & IORING_CQE_F_SOCK_NONEMPTY) != 0};
+  }
+};
+
 // One waiting coroutine, woken through the ring's ready queue rather than resumed inside the
 // waker (which is itself in the middle of a completion).
 class relay_signal {
@@ -149,10 +164,13 @@ struct relay_flow {
   bool running = true;
   std::size_t buffered = 0;  // read from src, not yet delivered to dst
   std::chrono::steady_clock::time_point last{};  // a byte moved (kept only with an idle timeout)
-  // copy: a circular buffer that one recv fills while one send drains it
-  std::span<std::byte> buf{};
+  // copy: a circular buffer that one recv fills while one send drains it, held only while bytes
+  // are in flight (an idle direction waits for data without memory)
+  relay_buffer buf;
   std::size_t head = 0;
   bool eof = false;
+  bool receiving = false;  // a recv into buf is in the kernel
+  bool queued = false;     // the last recv left bytes in the socket (IORING_CQE_F_SOCK_NONEMPTY)
   relay_signal has_data;
   relay_signal has_room;
   // splice
@@ -209,18 +227,8 @@ class relay_core {
     for (relay_flow& f : flows_) f.last = start_;
     check();
     if (opts_.path == relay_path::splice && ring_->caps().splice_op) {
-      for (relay_flow& f : flows_) {
-        if (const int r = f.pipe.open(opts_.buffer_size); r < 0) {
-          fail(f, errno_code(-r));
-          co_return;
-        }
-      }
       co_await when_all(splice_flow(flows_[0]), splice_flow(flows_[1]));
     } else {
-      const std::size_t n = std::max<std::size_t>(opts_.buffer_size, 1);
-      buffer_ = relay_buffer(2 * n);
-      flows_[0].buf = buffer_.span().first(n);
-      flows_[1].buf = buffer_.span().subspan(n, n);
       co_await when_all(copy_in(flows_[0]), copy_out(flows_[0]), copy_in(flows_[1]),
                         copy_out(flows_[1]));
     }
@@ -257,45 +265,74 @@ class relay_core {
   }
 
  private:
+  [[nodiscard]] std::size_t copy_buffer_size() const noexcept {
+    return std::max<std::size_t>(opts_.buffer_size, 1);
+  }
+
   static void cancel_timer(void* self) noexcept { static_cast<relay_core*>(self)->timer_.cancel(); }
 
   // ---- data paths ------------------------------------------------------------------------
   // After every await: if the relay is aborting, whatever the operation returned (cancelled, or
   // data that raced the cancel) no longer matters.
 
+  // A recv into the buffer pins it until bytes arrive, so one is issued only when bytes are known
+  // to be queued; otherwise the direction first waits for readability holding no buffer (after
+  // a send drained it), and takes one when data is there. Bulk transfers keep theirs: a recv that
+  // left bytes queued is followed by the next recv at once.
   task<void> copy_in(relay_flow& f) {  // src → buffer
-    const std::size_t cap = f.buf.size();
+    const std::size_t cap = copy_buffer_size();
     for (;;) {
       while (f.buffered == cap && !aborting_) co_await f.has_room.wait();
       if (aborting_) co_return;
-      if (f.buffered == 0) f.head = 0;  // no send in flight: give the recv the whole buffer
+      if (f.buffered == 0) {
+        f.head = 0;  // no send in flight: give the recv the whole buffer
+        if (!f.queued) f.buf.reset();
+      }
+      if (!f.queued) {
+        auto ready = co_await f.src->wait_readable(abort_.get_token());
+        if (aborting_) co_return;
+        if (!ready) {
+          fail(f, ready.error());
+          co_return;
+        }
+      }
+      if (!f.buf && !f.buf.acquire(cap)) {
+        fail(f, std::make_error_code(std::errc::not_enough_memory));
+        co_return;
+      }
       const std::size_t tail = (f.head + f.buffered) % cap;
       const std::size_t room = tail >= f.head ? cap - tail : f.head - tail;
-      auto r = co_await f.src->recv(f.buf.subspan(tail, room), abort_.get_token());
+      f.receiving = true;
+      auto r = co_await operation<recv_reporting_queue_op, inplace_stop_token>(
+          ring_, recv_reporting_queue_op{{{f.src->state()}, f.buf.span().data() + tail, room}},
+          abort_.get_token());
+      f.receiving = false;
       if (aborting_) co_return;
       if (!r) {
         fail(f, r.error());
         co_return;
       }
-      if (*r == 0) {
+      if (r->bytes == 0) {
         f.eof = true;
         f.has_data.notify(*ring_);
         co_return;
       }
-      f.buffered += *r;
+      f.queued = r->more_queued;
+      f.buf.touched(tail + r->bytes);
+      f.buffered += r->bytes;
       moved(f);
       f.has_data.notify(*ring_);
     }
   }
 
   task<void> copy_out(relay_flow& f) {  // buffer → dst
-    const std::size_t cap = f.buf.size();
+    const std::size_t cap = copy_buffer_size();
     for (;;) {
       while (f.buffered == 0 && !f.eof && !aborting_) co_await f.has_data.wait();
       if (aborting_) co_return;
       if (f.buffered == 0) break;  // EOF, and everything before it delivered
       const std::size_t run = std::min(f.buffered, cap - f.head);
-      auto r = co_await f.dst->send(f.buf.subspan(f.head, run), abort_.get_token());
+      auto r = co_await f.dst->send(f.buf.span().subspan(f.head, run), abort_.get_token());
       if (r) f.out.bytes += *r;  // counted even when it raced an abort: the bytes went out
       if (aborting_) co_return;
       if (!r) {
@@ -304,6 +341,8 @@ class relay_core {
       }
       f.head = (f.head + *r) % cap;
       f.buffered -= *r;
+      // Everything delivered and no recv writing into it: the buffer goes back until data comes.
+      if (f.buffered == 0 && !f.receiving) f.buf.reset();
       moved(f);
       f.has_room.notify(*ring_);
     }
@@ -314,13 +353,29 @@ class relay_core {
   // the pipe's lock while it runs. It splices only once data is queued: a splice waiting for data
   // would hold an io-wq worker (a kernel thread per idle connection), and the kernel files it
   // under the pipe, so cancelling everything on the socket (stream::cancel()) would miss it.
+  //
+  // The pipe (two descriptors, and kernel memory while it holds data) is opened when data first
+  // arrives and closed once the direction stayed quiet for pipe_keep: an idle relay holds only
+  // its two sockets, a busy one does not pay for a new pipe between bursts.
   task<void> splice_flow(relay_flow& f) {
+    constexpr std::chrono::milliseconds pipe_keep{200};
     for (;;) {
       if (auto queued = f.src->unread_bytes(); !queued || *queued == 0) {
-        auto ready = co_await f.src->wait_readable(abort_.get_token());
+        auto ready = co_await f.src->wait_readable(abort_.get_token(),
+                                                   f.pipe.is_open() ? pipe_keep : no_timeout);
         if (aborting_) co_return;
+        if (!ready && ready.error() == std::errc::timed_out && f.pipe.is_open()) {
+          f.pipe.close();  // empty: every byte it took was spliced out
+          continue;
+        }
         if (!ready) {
           fail(f, ready.error());
+          co_return;
+        }
+      }
+      if (!f.pipe.is_open()) {
+        if (const int r = f.pipe.open(opts_.buffer_size); r < 0) {
+          fail(f, errno_code(-r));
           co_return;
         }
       }
@@ -474,7 +529,6 @@ class relay_core {
   canceller user_stop_;        // the caller's stop cancels the watchdog timer
   const void* token_ = nullptr;
   bool (*stop_requested_)(const void*) noexcept = nullptr;
-  relay_buffer buffer_;
   clock::time_point start_{};
   clock::time_point stop_deadline_ = clock::time_point::max();
   clock::time_point half_deadline_ = clock::time_point::max();

@@ -1,6 +1,6 @@
 // Per-thread recycling of coroutine frames and per-connection state, so a connection costs no
-// malloc in steady state. Frames are binned in power-of-two classes from 64 B to 64 KiB (a frame may hold an I/O
-// buffer); larger ones go to the heap. config.hpp decides whether the pool is used.
+// malloc in steady state. Frames are binned in size classes from 64 B to 64 KiB (a frame may hold an
+// I/O buffer); larger ones go to the heap. config.hpp decides whether the pool is used.
 #pragma once
 
 #include <ringnet/detail/config.hpp>
@@ -13,8 +13,12 @@ RINGNET_BEGIN_NAMESPACE
 namespace detail {
 
 class frame_pool {
-  static constexpr std::size_t min_shift = 6;      // 64 B
-  static constexpr std::size_t classes = 11;       // ... 64 KiB
+  // Classes every 64 B up to 2 KiB (where most frames are: power-of-two classes would waste a
+  // third of the memory of an idle connection), then powers of two up to 64 KiB.
+  static constexpr std::size_t fine_step = 64;
+  static constexpr std::size_t fine_limit = 2048;
+  static constexpr std::size_t fine_classes = fine_limit / fine_step;  // 64 B ... 2 KiB
+  static constexpr std::size_t classes = fine_classes + 5;              // 4 KiB ... 64 KiB
   static constexpr std::size_t max_cached = 1024;  // per class: bursts do not pin memory forever
 
   struct block {
@@ -42,7 +46,7 @@ class frame_pool {
       --count_[c];
       return std::exchange(free_[c], free_[c]->next);
     }
-    return ::operator new(c < classes ? std::size_t{1} << (c + min_shift) : n);
+    return ::operator new(c < classes ? class_size(c) : n);
   }
 
   void deallocate(void* p, std::size_t n) noexcept {
@@ -57,12 +61,26 @@ class frame_pool {
 
  private:
   static constexpr std::size_t size_class(std::size_t n) noexcept {
-    std::size_t c = 0;
-    while ((std::size_t{1} << (c + min_shift)) < n && c < classes) ++c;
+    if (n <= fine_limit) return n == 0 ? 0 : (n - 1) / fine_step;
+    std::size_t c = fine_classes;
+    while (class_size(c) < n && c < classes) ++c;
     return c;
   }
+  static constexpr std::size_t class_size(std::size_t c) noexcept {
+    return c < fine_classes ? (c + 1) * fine_step : fine_limit << (c - fine_classes + 1);
+  }
+
   block* free_[classes] = {};
   std::size_t count_[classes] = {};
+
+  friend struct frame_pool_classes_check;
+};
+
+struct frame_pool_classes_check {
+  using p = frame_pool;
+  static_assert(p::class_size(p::size_class(64)) == 64 && p::class_size(p::size_class(65)) == 128);
+  static_assert(p::class_size(p::size_class(2048)) == 2048 && p::class_size(p::size_class(2049)) == 4096);
+  static_assert(p::class_size(p::classes - 1) == 65536 && p::size_class(65537) == p::classes);
 };
 
 // Base for promise types and per-connection state: allocation through this thread's pool (a

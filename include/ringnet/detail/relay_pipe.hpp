@@ -42,6 +42,7 @@ class relay_pipe {
     if (read_fd_ >= 0) ::close(std::exchange(read_fd_, -1));
     if (write_fd_ >= 0) ::close(std::exchange(write_fd_, -1));
   }
+  [[nodiscard]] bool is_open() const noexcept { return read_fd_ >= 0; }
   [[nodiscard]] int read_fd() const noexcept { return read_fd_; }
   [[nodiscard]] int write_fd() const noexcept { return write_fd_; }
   [[nodiscard]] unsigned capacity() const noexcept { return capacity_; }
