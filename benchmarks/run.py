@@ -24,7 +24,9 @@ server, runs the load generator for a warm-up plus a measured window, then stops
 SIGTERM and requires exit status 0.  Reported per peer: median rate, min-max, server-core CPU time
 per operation (busy time of the server's core from /proc/stat, softirq included), the ratio to the
 raw-liburing reference (median of per-round ratios), latency, heap allocations per operation
-(LD_PRELOAD malloc counter, snapshotted at the start and end of the window), errors.
+(LD_PRELOAD malloc counter, snapshotted at the start and end of the window), errors.  For bulk,
+also each proxy's memory from /proc/PID/status: VmRSS right after start-up, the peak (VmHWM at the
+end of the transfer), and VmRSS once every connection through it closed (before it is stopped).
 
 Output: the tables on stdout, and the raw cells with the summaries as JSON (--json, default
 BUILD/benchmark.json) with an SVG chart of it beside (same name, .svg; benchmarks/chart.py).
@@ -46,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -197,6 +200,85 @@ def proc_cpu_ticks(pid, with_reaped=True):
         if t:
             ticks += t
     return ticks
+
+
+def proc_tree(pid):
+    """pid and its live descendants (socat forks one child per connection)."""
+    out = [pid]
+    for kid in proc_children(pid):
+        out += proc_tree(kid)
+    return out
+
+
+def proc_status_kib(pid, field):
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in KiB; None once the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def tree_kib(pid, field):
+    """The sum of a /proc/PID/status memory field over pid and its live descendants."""
+    vals = [v for v in (proc_status_kib(p, field) for p in proc_tree(pid)) if v is not None]
+    return sum(vals) if vals else None
+
+
+class PeakRss(threading.Thread):
+    """Samples the sum of VmHWM over a proxy's process tree every 50 ms until stopped: a forked
+    child's high-water mark is gone with the child (socat's exit as the connection closes), so one
+    read at the end would see only the parent. For a proxy that does not fork this ends equal to
+    its own VmHWM."""
+
+    def __init__(self, pid, interval=0.05):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak = None
+        self.halt = threading.Event()
+
+    def sample(self):
+        v = tree_kib(self.pid, "VmHWM")
+        if v is not None and (self.peak is None or v > self.peak):
+            self.peak = v
+        return self.peak
+
+    def run(self):
+        while not self.halt.wait(self.interval):
+            self.sample()
+
+    def finish(self):
+        """Stops sampling; one last sample now (the end of the transfer). Returns the peak."""
+        self.halt.set()
+        self.join()
+        return self.sample()
+
+
+TCP_LISTEN, TCP_TIME_WAIT = "0A", "06"
+
+
+def proxy_conns(port, up):
+    """TCP sockets a process still holds (inode != 0: not an orphan, not TIME_WAIT) on either side
+    of a proxy: accepted on the listening port, or connected to the upstream port."""
+    lp, rp = ":%04X" % port, ":%04X" % up
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[3] in (TCP_LISTEN, TCP_TIME_WAIT) or p[9] == "0":
+                        continue
+                    if p[1].endswith(lp) or p[2].endswith(rp):
+                        n += 1
+        except (OSError, StopIteration, IndexError):
+            pass
+    return n
 
 
 def port_listening(port):
@@ -594,6 +676,8 @@ class Runner:
                 out.append((name, kind, path, extra))
             else:
                 out.append((name, kind, None, extra))
+        for name, path, extra in self.a.extra_proxy:
+            out.append((name, "build", path, extra))
         return out
 
     def proxy_argv(self, name, kind, path, extra, port, up):
@@ -757,7 +841,14 @@ class Runner:
         if self.a.bulk_streams > 1:
             cmd += ["-P", str(self.a.bulk_streams)]
         alive = True
+        peak = None
         try:
+            if srv:
+                # memory: the resident set right after start-up (the baseline), its high-water mark
+                # over the transfer, and what stays resident once every connection has closed
+                cell["rss_start_kib"] = tree_kib(srv.pid, "VmRSS")
+                peak = PeakRss(srv.pid)
+                peak.start()
             c0 = proc_cpu_ticks(srv.pid) if srv else None
             s0 = read_cpu_busy()
             try:
@@ -773,14 +864,27 @@ class Runner:
             c1 = None
             alive = True
             if srv:
+                cell["rss_peak_kib"] = peak.finish()
+                peak = None
                 # socat forks one child per connection: wait until they are gone (reaped, so their
                 # time lands in the parent's cutime/cstime)
                 deadline = time.monotonic() + 3.0
                 while proc_children(srv.pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 c1 = proc_cpu_ticks(srv.pid)
+                # then until the proxy holds no connection on either side (bounded), and read what
+                # stays resident
+                deadline = time.monotonic() + 2.0
+                conns = proxy_conns(port, up)
+                while conns and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    conns = proxy_conns(port, up)
+                cell["rss_end_kib"] = tree_kib(srv.pid, "VmRSS")
+                cell["proxy_conns_at_rss_end"] = conns
                 alive = srv.alive()
         finally:
+            if peak is not None:
+                peak.finish()
             if srv:
                 self.stop_proxy(srv, kind, alive, cell)
         try:
@@ -936,6 +1040,9 @@ class Runner:
                 s += "  proxy %.2f CPU s/GB (core %s)" % (
                     c["proxy_cpu_s_per_gb"],
                     "-" if c.get("proxy_core_s_per_gb") is None else "%.2f" % c["proxy_core_s_per_gb"])
+            if c.get("rss_peak_kib") is not None:
+                s += "  RSS peak %.1f end %s MiB" % (
+                    c["rss_peak_kib"] / 1024, "-" if c.get("rss_end_kib") is None else "%.1f" % (c["rss_end_kib"] / 1024))
         else:
             if "ops" not in c:
                 return "FAILED: " + "; ".join(c["problems"])
@@ -1010,6 +1117,22 @@ class Runner:
                 "errors": sum(c.get("error_total", 0) for c in cs),
                 "reference": PROXY_REF,
             }
+            if wl == "bulk":
+                peaks = [c["rss_peak_kib"] for c in cs if c.get("rss_peak_kib") is not None]
+                ends = [c["rss_end_kib"] for c in cs if c.get("rss_end_kib") is not None]
+                out[p].update({
+                    "rss_start_kib_median": median([c.get("rss_start_kib") for c in cs]),
+                    "rss_peak_kib_median": median(peaks),
+                    "rss_peak_kib_min": min(peaks) if peaks else None,
+                    "rss_peak_kib_max": max(peaks) if peaks else None,
+                    "rss_end_kib_median": median(ends),
+                    "rss_end_kib_min": min(ends) if ends else None,
+                    "rss_end_kib_max": max(ends) if ends else None,
+                    # per cell, then the median: what a transfer left resident beyond start-up
+                    "rss_growth_kib_median": median([c["rss_end_kib"] - c["rss_start_kib"] for c in cs
+                                                     if c.get("rss_end_kib") is not None
+                                                     and c.get("rss_start_kib") is not None]),
+                })
         return out
 
     def print_tables(self, summaries):
@@ -1038,18 +1161,32 @@ class Runner:
                         ("CPU s/GB", 8, False), ("core s/GB", 9, False), ("GB/s x", 6, False),
                         ("CPU/GB x", 8, False), ("srv%", 4, False), ("cli%", 4, False),
                         ("errors", 6, False), ("failed", 6, False)]
+                rss = wl == "bulk"
+                if rss:
+                    cols[-2:-2] = [("peak RSS MiB", 12, False), ("end RSS MiB", 11, False), ("end-start", 9, False)]
+
+                def mib(v, signed=False):
+                    return f(None if v is None else v / 1024, "%+.1f" if signed else "%.1f")
                 rows = []
                 for p, r in s.items():
-                    rows.append([p, f(r["gbytes_per_sec_median"], "%.2f"),
-                                 "%s-%s" % (f(r["gbytes_per_sec_min"], "%.2f"), f(r["gbytes_per_sec_max"], "%.2f")),
-                                 f(r["proxy_cpu_s_per_gb_median"], "%.3f"), f(r["proxy_core_s_per_gb_median"], "%.3f"),
-                                 f(r["gbytes_per_sec_ratio_to_ref"], "%.2f"), f(r["cpu_per_gb_ratio_to_ref"], "%.2f"),
-                                 f(r["server_busy_pct_median"], "%.0f"), f(r["client_busy_pct_median"], "%.0f"),
-                                 str(r["errors"]), "%d/%d" % (r["failed_cells"], r["cells"])])
+                    row = [p, f(r["gbytes_per_sec_median"], "%.2f"),
+                           "%s-%s" % (f(r["gbytes_per_sec_min"], "%.2f"), f(r["gbytes_per_sec_max"], "%.2f")),
+                           f(r["proxy_cpu_s_per_gb_median"], "%.3f"), f(r["proxy_core_s_per_gb_median"], "%.3f"),
+                           f(r["gbytes_per_sec_ratio_to_ref"], "%.2f"), f(r["cpu_per_gb_ratio_to_ref"], "%.2f"),
+                           f(r["server_busy_pct_median"], "%.0f"), f(r["client_busy_pct_median"], "%.0f")]
+                    if rss:
+                        row += [mib(r.get("rss_peak_kib_median")), mib(r.get("rss_end_kib_median")),
+                                mib(r.get("rss_growth_kib_median"), signed=True)]
+                    rows.append(row + [str(r["errors"]), "%d/%d" % (r["failed_cells"], r["cells"])])
                 table(rows, cols)
                 log("CPU s/GB = utime+stime of the proxy process (threads, io-wq workers and forked "
                     "children included) per GB; core s/GB = busy time of the proxy's core (softirq included)%s." % (
                     "; relay GB are counted each way, the proxy carries twice that" if wl == "relay" else ""))
+                if rss:
+                    log("peak RSS = the proxy's VmHWM at the end of the transfer (socat: the highest sum over "
+                        "it and its per-connection children, sampled every 50 ms); end RSS = its VmRSS once "
+                        "every connection closed; end-start = end RSS minus the RSS right after start-up "
+                        "(per cell, then the median).")
                 continue
             log("%s  (%s; server on CPU %d; x = median of per-round ratios to %s)" % (
                 wl, " ".join(ECHO_WORKLOADS[wl][1:]), self.server_cpu, ECHO_REF))
@@ -1126,6 +1263,10 @@ def main():
     ap.add_argument("--extra-echo", metavar="NAME=PATH", action="append", default=[],
                     help="one more echo server binary to run beside the others (e.g. an earlier "
                     "build of ringnet-echo); may be repeated")
+    ap.add_argument("--extra-proxy", metavar="NAME=PATH[,ARG...]", action="append", default=[],
+                    help="one more ringnet-proxy-like binary (takes --listen and --upstream) for bulk, "
+                    "with its own arguments (e.g. an earlier build: prev-copy=/tmp/old/ringnet-proxy,--copy); "
+                    "may be repeated")
     ap.add_argument("--json", metavar="FILE",
                     help="where to write every raw cell and the summaries as JSON, with an SVG chart "
                     "beside it (default BUILD/benchmark.json)")
@@ -1177,6 +1318,14 @@ def main():
             ap.error("--extra-echo takes NAME=PATH of an executable (got %s)" % e)
         extra.append((name, os.path.abspath(path)))
     a.extra_echo = extra
+    extra = []
+    for e in a.extra_proxy:
+        name, sep, rest = e.partition("=")
+        path, *args = rest.split(",")
+        if not sep or not name or not os.access(path, os.X_OK):
+            ap.error("--extra-proxy takes NAME=PATH[,ARG...] of an executable (got %s)" % e)
+        extra.append((name, os.path.abspath(path), args))
+    a.extra_proxy = extra
     a.peers = [p for p in a.peers.split(",") if p]
     known = [p[0] for p in ECHO_PEERS] + [p[0] for p in PROXIES]
     for p in a.peers:
