@@ -1,5 +1,8 @@
 // server: accept loop, counters of how connections ended, and shutdown with idle, busy and stuck
 // connections within the grace period.
+#include <sys/wait.h>
+
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -176,4 +179,273 @@ TEST_CASE("server: a handler that closes the stream itself may say how it ended"
   client.join();
   CHECK(srv.counters().we_reset == 1);
   CHECK(srv.counters().closed_by_handler == 0);
+}
+
+TEST_CASE("server: max_connections serves at most that many at once; the rest wait in the backlog, none reset") {
+  constexpr int clients = 200;
+  constexpr std::size_t limit = 50;
+  test::raise_fd_limit(4 * clients + 256);
+  test::watchdog dog(60s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options(1024));
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0), {.backlog = 1024});
+  REQUIRE(l);
+  std::size_t at_once = 0, most_at_once = 0;
+  auto slow_echo = [&](rn::stream& s, rn::inplace_stop_token finish) -> rn::task<void> {
+    most_at_once = std::max(most_at_once, ++at_once);
+    (void)co_await rn::sleep_for(ctx, 20ms, finish);  // hold the slot a while
+    co_await test::echo(s, finish);
+    --at_once;
+  };
+  rn::server srv(ctx, std::move(*l), slow_echo, {.max_connections = limit});
+  const auto ep = *srv.local_endpoint();
+  int done = 0, verified = 0, failed = 0, most_fds = 0;
+  auto client = [&](int i) -> rn::task<void> {
+    const std::string msg = test::pattern(1000, static_cast<std::uint32_t>(i));
+    auto s = co_await rn::connect(ctx, ep, {.timeout = 30s});
+    if (s && co_await test::echo_exchange(*s, msg) == msg) ++verified;
+    else ++failed;
+    if (s) (void)co_await s->close();
+    ++done;
+  };
+  const int base = test::open_fds();
+  auto body = [&]() -> rn::task<void> {
+    rn::spawn(ctx, srv.run());
+    for (int i = 0; i < clients; ++i) rn::spawn(ctx, client(i));
+    for (int i = 0; i < 30'000 && done < clients; ++i) {  // ≤ 30 s
+      most_fds = std::max(most_fds, test::open_fds() - base);
+      (void)co_await rn::sleep_for(ctx, 1ms);
+    }
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  const auto& c = srv.counters();
+  CHECK(done == clients);
+  CHECK(verified == clients);
+  CHECK(failed == 0);
+  CHECK(c.accepted == clients);
+  CHECK(c.clean == clients);
+  CHECK(c.peer_reset + c.we_reset + c.drain_timeout == 0);
+  CHECK(most_at_once <= limit);
+  CHECK(c.max_active == limit);  // the limit was reached, and held
+  // the clients' own sockets plus at most `limit` accepted ones (and a few besides: the ring's
+  // timers and eventfd are not descriptors, but a closing socket may linger a turn)
+  CHECK(most_fds <= clients + static_cast<int>(limit) + 8);
+  MESSAGE(clients << " clients, max_connections " << limit << ": at most " << most_at_once
+                  << " served at once, " << most_fds << " descriptors above the start at most");
+}
+
+TEST_CASE("server: idle_timeout ends a quiet connection with a clean FIN; an active one is untouched") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  rn::server srv(ctx, std::move(*l), echo, {.idle_timeout = 300ms});
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  std::chrono::nanoseconds quiet_for{};
+  test::read_result quiet_end;
+  int active_echoes = 0;
+  test::read_result active_end;
+  std::jthread quiet([&] {  // one exchange, then silence: our FIN comes ~300 ms later
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    char buf[16];
+    if (test::write_all(fd, "hi") && ::recv(fd, buf, sizeof buf, 0) == 2) {
+      const auto t0 = std::chrono::steady_clock::now();
+      quiet_end = test::read_to_end(fd);
+      quiet_for = std::chrono::steady_clock::now() - t0;
+    }
+    ::close(fd);
+  });
+  std::jthread active([&] {  // a byte every 50 ms for 1.2 s, then its own FIN
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    char b = 0;
+    for (int i = 0; i < 24; ++i) {
+      if (!test::write_all(fd, "x") || ::recv(fd, &b, 1, 0) != 1) break;
+      ++active_echoes;
+      std::this_thread::sleep_for(50ms);
+    }
+    ::shutdown(fd, SHUT_WR);
+    active_end = test::read_to_end(fd);
+    ::close(fd);
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 5000 && srv.counters().ended() < 2; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  quiet.join();
+  active.join();
+  CHECK(quiet_end.error == 0);  // a clean EOF, no reset
+  CHECK(quiet_for >= 250ms);
+  CHECK(quiet_for < 300ms + 500ms);
+  CHECK(active_echoes == 24);
+  CHECK(active_end.error == 0);
+  CHECK(srv.counters().idle_timeout == 1);
+  CHECK(srv.counters().clean == 1);
+  CHECK(srv.counters().ended() == srv.counters().accepted);
+  MESSAGE("idle connection ended " << test::ms(quiet_for) << " ms after its last byte (idle_timeout 300 ms)");
+}
+
+TEST_CASE("server: first_byte_timeout ends a connection that sends nothing; a handler re-arms it per request") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  // One request ("ping", echoed), then the next must start within 150 ms.
+  auto requests = [](rn::stream& s, rn::inplace_stop_token finish, rn::connection_limits& limits) -> rn::task<void> {
+    std::array<char, 64> buf;
+    for (;;) {
+      auto n = co_await s.recv(rn::buffer(buf), finish);
+      if (!n || *n == 0) co_return;
+      if (!co_await s.send_all(rn::const_buffer(rn::buffer(buf).first(*n)), finish)) co_return;
+      limits.expect_bytes_within(150ms);
+    }
+  };
+  rn::server srv(ctx, std::move(*l), requests, {.first_byte_timeout = 200ms});
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  struct outcome {
+    std::chrono::nanoseconds waited{};
+    test::read_result end;
+    bool answered = false;
+  } vanish, stall, prompt;
+  auto timed_end = [](int fd, outcome& o) {
+    const auto t0 = std::chrono::steady_clock::now();
+    o.end = test::read_to_end(fd);
+    o.waited = std::chrono::steady_clock::now() - t0;
+  };
+  std::jthread vanishing([&] {  // connects and sends nothing
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    timed_end(fd, vanish);
+    ::close(fd);
+  });
+  std::jthread stalling([&] {  // one request in time, then nothing
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    char buf[8];
+    stall.answered = test::write_all(fd, "ping") && ::recv(fd, buf, sizeof buf, 0) == 4;
+    timed_end(fd, stall);
+    ::close(fd);
+  });
+  std::jthread prompting([&] {  // requests every 50 ms, then its own FIN
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    char buf[8];
+    prompt.answered = true;
+    for (int i = 0; i < 10; ++i) {
+      prompt.answered &= test::write_all(fd, "ping") && ::recv(fd, buf, sizeof buf, 0) == 4;
+      std::this_thread::sleep_for(50ms);
+    }
+    ::shutdown(fd, SHUT_WR);
+    timed_end(fd, prompt);
+    ::close(fd);
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 5000 && srv.counters().ended() < 3; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  vanishing.join();
+  stalling.join();
+  prompting.join();
+  CHECK(vanish.end.error == 0);
+  CHECK(vanish.waited >= 150ms);
+  CHECK(vanish.waited < 200ms + 500ms);
+  CHECK(stall.answered);
+  CHECK(stall.end.error == 0);
+  CHECK(stall.waited >= 100ms);
+  CHECK(stall.waited < 150ms + 500ms);
+  CHECK(prompt.answered);
+  CHECK(prompt.end.error == 0);
+  const auto& c = srv.counters();
+  CHECK(c.first_byte_timeout == 2);
+  CHECK(c.clean == 1);
+  CHECK(c.ended() == c.accepted);
+  MESSAGE("connect-and-vanish ended after " << test::ms(vanish.waited) << " ms (200 ms), a stalled "
+          "request after " << test::ms(stall.waited) << " ms (150 ms)");
+}
+
+TEST_CASE("server: at RLIMIT_NOFILE accepting backs off and resumes; every client is served") {
+  // The server runs in a child process with a descriptor limit a few above what it has open;
+  // the clients here connect all at once, more than it can hold.
+  constexpr int clients = 24;
+  test::watchdog dog(60s);
+  test::fd_leak_check fds;
+  int ports[2];
+  REQUIRE(::pipe(ports) == 0);
+  int report[2];
+  REQUIRE(::pipe(report) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(ports[0]);
+    ::close(report[0]);
+    int rc = 1;
+    try {
+      rn::io_context ctx(test::context_options());
+      auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0), {.backlog = 256});
+      auto slow_echo = [&](rn::stream& s, rn::inplace_stop_token finish) -> rn::task<void> {
+        (void)co_await rn::sleep_for(ctx, 30ms, finish);
+        co_await test::echo(s, finish);
+      };
+      rn::server srv(ctx, std::move(*l), slow_echo);
+      const rlimit tight{static_cast<rlim_t>(test::open_fds() + 4), static_cast<rlim_t>(test::open_fds() + 4)};
+      ::setrlimit(RLIMIT_NOFILE, &tight);
+      const std::uint16_t port = srv.local_endpoint()->port();
+      (void)!::write(ports[1], &port, sizeof port);
+      auto body = [&]() -> rn::task<void> {
+        rn::spawn(ctx, srv.run());
+        for (int i = 0; i < 30'000 && srv.counters().clean < clients; ++i)
+          (void)co_await rn::sleep_for(ctx, 1ms);
+        (void)co_await srv.shutdown(1s);
+      };
+      rn::sync_wait(ctx, body());
+      const auto& c = srv.counters();
+      const std::size_t out[3] = {c.accepted, c.clean, c.accept_errors};
+      (void)!::write(report[1], out, sizeof out);
+      rc = 0;
+    } catch (...) {
+    }
+    std::_Exit(rc);
+  }
+  ::close(ports[1]);
+  ::close(report[1]);
+  std::uint16_t port = 0;
+  REQUIRE(::read(ports[0], &port, sizeof port) == sizeof port);
+  int verified = 0;
+  {
+    std::vector<std::jthread> peers;
+    std::mutex m;
+    for (int i = 0; i < clients; ++i)
+      peers.emplace_back([&, i] {
+        const int fd = test::raw_connect(rn::endpoint::loopback_v4(port));
+        test::bound_io_time(fd, 20);
+        const std::string msg = test::pattern(100, static_cast<std::uint32_t>(i));
+        const bool ok = test::write_all(fd, msg) && ::shutdown(fd, SHUT_WR) == 0;
+        const auto back = test::read_to_end(fd);
+        std::lock_guard g(m);
+        verified += ok && back.error == 0 && back.data == msg;
+        ::close(fd);
+      });
+  }
+  std::size_t got[3] = {};
+  CHECK(::read(report[0], got, sizeof got) == sizeof got);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ::close(ports[0]);
+  ::close(report[0]);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(verified == clients);
+  CHECK(got[0] == clients);  // accepted
+  CHECK(got[1] == clients);  // clean
+  CHECK(got[2] >= 1);        // the limit was hit...
+  CHECK(got[2] <= 200);      // ...and backed off from, not spun on
+  MESSAGE(clients << " clients at a descriptor limit of 4 spare: " << got[2] << " accept errors, all served");
 }

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -29,6 +30,24 @@ struct server_options {
   /// How a connection is closed once its handler returns with the stream still open (during
   /// shutdown, drain_timeout is capped by what is left of the grace period).
   graceful_close_options close{};
+  /// At most this many connections served at once (0: no limit). At the limit the server takes
+  /// no connection from the listen backlog: later clients wait in the kernel (nobody is refused
+  /// or reset by us; a full backlog drops SYNs, which clients retry) until a connection ends. With
+  /// a limit the server accepts one connection per request (single-shot accept), so none is
+  /// taken past it.
+  std::size_t max_connections = 0;
+  /// No byte moved either way for this long: the server ends the connection (asks the handler to
+  /// finish and cancels what it has in flight, then closes gracefully: FIN, drain, close). Counted
+  /// as idle_timeout.
+  std::chrono::nanoseconds idle_timeout = no_timeout;
+  /// The peer sent nothing within this long after the connection was accepted (connect-and-
+  /// vanish, slow-loris): ended as for idle_timeout, counted as first_byte_timeout. A handler
+  /// taking connection_limits& can re-arm such a deadline per request.
+  std::chrono::nanoseconds first_byte_timeout = no_timeout;
+  /// After an accept error (EMFILE, ENFILE, ENOBUFS, ENOMEM) accepting pauses this long, doubling
+  /// on each further error up to accept_backoff_max, back to the minimum after a success.
+  std::chrono::nanoseconds accept_backoff_min = std::chrono::milliseconds(10);
+  std::chrono::nanoseconds accept_backoff_max = std::chrono::seconds(1);
 };
 
 /// How connections ended, for logs and metrics.
@@ -40,8 +59,18 @@ struct connection_counters {
   std::size_t drain_limit = 0;    // the peer flooded the drain: we reset it
   std::size_t we_reset = 0;       // stopped (shutdown grace expired) or failed: we reset it
   std::size_t closed_by_handler = 0;  // the handler closed the stream itself
+  std::size_t idle_timeout = 0;        // no byte moved for server_options::idle_timeout: we ended it
+  std::size_t first_byte_timeout = 0;  // the peer sent nothing in time: we ended it
   std::size_t handler_exceptions = 0;
-  std::size_t accept_errors = 0;  // EMFILE, ENFILE, ... (accepting resumes)
+  std::size_t accept_errors = 0;  // EMFILE, ENFILE, ... (accepting resumes after a back-off)
+  std::size_t max_active = 0;     // the most connections served at once
+
+  /// Every accepted connection ended as exactly one of these (handler_exceptions and
+  /// accept_errors are counted besides).
+  [[nodiscard]] std::size_t ended() const noexcept {
+    return clean + peer_reset + drain_timeout + drain_limit + we_reset + closed_by_handler +
+           idle_timeout + first_byte_timeout;
+  }
 
   connection_counters& operator+=(const connection_counters& o) noexcept {
     accepted += o.accepted;
@@ -51,8 +80,11 @@ struct connection_counters {
     drain_limit += o.drain_limit;
     we_reset += o.we_reset;
     closed_by_handler += o.closed_by_handler;
+    idle_timeout += o.idle_timeout;
+    first_byte_timeout += o.first_byte_timeout;
     handler_exceptions += o.handler_exceptions;
     accept_errors += o.accept_errors;
+    max_active += o.max_active;  // servers on several threads: at most this many at once
     return *this;
   }
 };
@@ -73,13 +105,42 @@ struct shutdown_report {
   }
 };
 
+/// A connection's deadlines that its handler may re-arm, per request: handed to a handler that
+/// takes it as a third parameter. The server enforces them (its handler need not watch a clock).
+class connection_limits {
+ public:
+  /// The peer must send at least one more byte within `d` from now, else the server ends the
+  /// connection (counted as first_byte_timeout); no_timeout clears the deadline. A byte arriving
+  /// fulfils it. Replaces server_options::first_byte_timeout's deadline for this connection.
+  void expect_bytes_within(std::chrono::nanoseconds d) noexcept {
+    bytes_deadline_ = detail::deadline_after(d);
+    bytes_baseline_ = s_->bytes_received();
+  }
+
+ protected:
+  explicit connection_limits(const stream& s) noexcept : s_(&s) {}
+  ~connection_limits() = default;
+  connection_limits(const connection_limits&) = delete;
+  connection_limits& operator=(const connection_limits&) = delete;
+
+  const stream* s_;
+  std::chrono::steady_clock::time_point bytes_deadline_ = std::chrono::steady_clock::time_point::max();
+  std::uint64_t bytes_baseline_ = 0;
+};
+
 /// Handler: task<void>(stream&, inplace_stop_token), or task<close_outcome> for a handler that
-/// closes the stream itself and says how it ended (so the counters stay exact). The token asks it
-/// to finish (shutdown); when it returns with the stream open, the server closes it gracefully.
-/// The server must outlive run() and be shut down (co_await shutdown()) before it is destroyed.
+/// closes the stream itself and says how it ended (so the counters stay exact); either may take
+/// connection_limits& as a third parameter. The token asks it to finish (shutdown, or a limit of
+/// server_options ending the connection, which also cancels its operations in flight); when it
+/// returns with the stream open, the server closes it gracefully. The server must outlive run()
+/// and be shut down (co_await shutdown()) before it is destroyed.
 template <class Handler>
-  requires std::invocable<Handler&, stream&, inplace_stop_token>
+  requires std::invocable<Handler&, stream&, inplace_stop_token> ||
+           std::invocable<Handler&, stream&, inplace_stop_token, connection_limits&>
 class server {
+  static constexpr bool takes_limits =
+      std::invocable<Handler&, stream&, inplace_stop_token, connection_limits&>;
+
  public:
   server(io_context& ctx, listener l, Handler handler, server_options opts = {})
       : ctx_(&ctx), listener_(std::move(l)), handler_(std::move(handler)), opts_(opts) {
@@ -92,18 +153,41 @@ class server {
   /// Accepts until shutdown(); each connection runs handler(stream&, token) in its own task.
   [[nodiscard]] task<void> run() {
     ++busy_;
-    while (listener_.is_open()) {
-      auto s = co_await listener_.next();
+    if (watching_deadlines()) {
+      ++busy_;
+      spawn(*ctx_, watch_deadlines());
+    }
+    auto backoff = opts_.accept_backoff_min;
+    while (listener_.is_open() && !shutting_down_) {
+      if (opts_.max_connections > 0 && active_ >= opts_.max_connections) {
+        (void)co_await accept_wake_.wait(*ctx_);  // a connection ended, or shutdown
+        continue;
+      }
+      // (Not `limited ? co_await a : co_await b`: g++ 12 destroys such temporaries twice.)
+      result<stream> s = std::make_error_code(std::errc::operation_canceled);
+      if (opts_.max_connections > 0)
+        s = co_await listener_.accept();
+      else
+        s = co_await listener_.next();
       if (!s) {
         if (s.error() == std::errc::operation_canceled ||
             s.error() == std::errc::bad_file_descriptor)
           break;
-        ++counters_.accept_errors;  // out of fds or memory: give connections time to end
-        (void)co_await sleep_for(*ctx_, std::chrono::milliseconds(10));
+        // Out of descriptors or memory: the connection stays in the backlog; give connections
+        // time to end, longer each time it happens again.
+        ++counters_.accept_errors;
+        (void)co_await accept_wake_.wait(*ctx_, backoff);
+        backoff = std::min(backoff * 2, opts_.accept_backoff_max);
         continue;
       }
+      backoff = opts_.accept_backoff_min;
       ++counters_.accepted;
-      spawn(*ctx_, serve(std::move(*s)));
+      // Counted before its task first runs, so the limit holds for the next turn of this loop.
+      task<void> t = serve(std::move(*s));
+      ++active_;
+      ++busy_;
+      counters_.max_active = std::max(counters_.max_active, active_);
+      spawn(*ctx_, std::move(t));
     }
     done_one();
   }
@@ -114,6 +198,8 @@ class server {
     const auto t0 = std::chrono::steady_clock::now();
     deadline_ = detail::deadline_after(t0, grace);
     shutting_down_ = true;
+    accept_wake_.notify();  // run() waiting for room or backing off: it returns
+    watch_wake_.notify();   // so does the deadline watch
     listener_.close();  // a pending next() completes canceled: run() returns
     connections_.for_each([](connection& c) { c.finish.request_stop(); });
     inplace_stop_source all_done;
@@ -135,29 +221,40 @@ class server {
   [[nodiscard]] result<endpoint> local_endpoint() const noexcept { return listener_.local_endpoint(); }
 
  private:
-  struct connection {  // lives in its task's frame
-    explicit connection(stream st) noexcept : s(std::move(st)) {}
+  using clock = std::chrono::steady_clock;
+  enum class ended_by { handler, idle_timeout, first_byte_timeout };
+
+  struct connection : connection_limits {  // lives in its task's frame
+    explicit connection(stream st) noexcept : connection_limits(s), s(std::move(st)) {}
     stream s;
-    inplace_stop_source finish;  // shutdown asks the handler to finish
+    inplace_stop_source finish;  // shutdown or a deadline asks the handler to finish
     inplace_stop_source abort;   // grace expired: give up, reset
     connection* prev = nullptr;
     connection* next = nullptr;
     bool closing = false;  // the handler returned; graceful_close runs
+    ended_by ended = ended_by::handler;
+    std::uint64_t moved = 0;     // bytes either way at the last look of the deadline watch
+    clock::time_point quiet_since{};
+    using connection_limits::bytes_baseline_;
+    using connection_limits::bytes_deadline_;
   };
 
-  using handler_result =
-      await_result_t<std::invoke_result_t<Handler&, stream&, inplace_stop_token>>;
+  using handler_result = await_result_t<typename std::conditional_t<
+      takes_limits, std::invoke_result<Handler&, stream&, inplace_stop_token, connection_limits&>,
+      std::invoke_result<Handler&, stream&, inplace_stop_token>>::type>;
 
   task<void> serve(stream st) {
     connection c(std::move(st));
     link(c);
     if (shutting_down_) c.finish.request_stop();
+    c.quiet_since = clock::now();
+    if (opts_.first_byte_timeout != no_timeout) c.expect_bytes_within(opts_.first_byte_timeout);
     std::optional<close_outcome> told;  // by a handler that closed the stream itself
     try {
       if constexpr (std::is_same_v<handler_result, close_outcome>)
-        told = co_await handler_(c.s, c.finish.get_token());
+        told = co_await call_handler(c);
       else
-        co_await handler_(c.s, c.finish.get_token());
+        co_await call_handler(c);
     } catch (...) {
       ++counters_.handler_exceptions;
     }
@@ -166,10 +263,10 @@ class server {
       graceful_close_options o = opts_.close;
       if (shutting_down_) o.drain_timeout = std::min(o.drain_timeout, detail::until(deadline_));
       const close_report r = co_await graceful_close(c.s, o, c.abort.get_token());
-      count(r.outcome, r.reset_sent);
+      count(c, r.outcome, r.reset_sent);
     } else if (told) {
-      count(*told, *told != close_outcome::clean && *told != close_outcome::peer_reset);
-    } else {
+      count(c, *told, *told != close_outcome::clean && *told != close_outcome::peer_reset);
+    } else if (!count_deadline(c)) {
       ++counters_.closed_by_handler;
       if (shutting_down_) ++report_.finished;
     }
@@ -177,14 +274,77 @@ class server {
     done_one();
   }
 
-  void count(close_outcome outcome, bool reset_sent) noexcept {
-    switch (outcome) {
-      case close_outcome::clean: ++counters_.clean; break;
-      case close_outcome::peer_reset: ++counters_.peer_reset; break;
-      case close_outcome::drain_timeout: ++counters_.drain_timeout; break;
-      case close_outcome::drain_limit: ++counters_.drain_limit; break;
-      case close_outcome::canceled:
-      case close_outcome::error: ++counters_.we_reset; break;
+  auto call_handler(connection& c) {
+    if constexpr (takes_limits)
+      return handler_(c.s, c.finish.get_token(), static_cast<connection_limits&>(c));
+    else
+      return handler_(c.s, c.finish.get_token());
+  }
+
+  // ---- deadlines ---------------------------------------------------------------------------
+  // One timer for the whole server looks at every connection a few times per deadline: whether
+  // bytes moved since the last look (two counters on the socket, updated by every read and
+  // write), and whether a first-byte deadline passed without a byte. A deadline is met within
+  // one tick of its time; no timer per connection, nothing on the per-operation path.
+  [[nodiscard]] bool watching_deadlines() const noexcept {
+    return takes_limits || opts_.idle_timeout != no_timeout || opts_.first_byte_timeout != no_timeout;
+  }
+  [[nodiscard]] std::chrono::nanoseconds tick() const noexcept {
+    const auto shortest = std::min(opts_.idle_timeout, opts_.first_byte_timeout);
+    return std::clamp(shortest / 8, std::chrono::nanoseconds(std::chrono::milliseconds(5)),
+                      std::chrono::nanoseconds(std::chrono::milliseconds(100)));
+  }
+
+  task<void> watch_deadlines() {
+    while (!shutting_down_) {
+      (void)co_await watch_wake_.wait(*ctx_, tick());
+      if (shutting_down_) break;
+      const auto now = clock::now();
+      connections_.for_each([&](connection& c) {
+        if (c.closing || c.finish.stop_requested()) return;
+        const std::uint64_t moved = c.s.bytes_received() + c.s.bytes_sent();
+        if (moved != c.moved) {
+          c.moved = moved;
+          c.quiet_since = now;
+        }
+        if (c.s.bytes_received() != c.bytes_baseline_) c.bytes_deadline_ = clock::time_point::max();
+        if (now >= c.bytes_deadline_)
+          end(c, ended_by::first_byte_timeout);
+        else if (opts_.idle_timeout != no_timeout && now - c.quiet_since >= opts_.idle_timeout)
+          end(c, ended_by::idle_timeout);
+      });
+    }
+    done_one();
+  }
+
+  // Asks the handler to finish and cancels its operations in flight (so a handler that ignores
+  // its token returns too); the server then closes the stream gracefully.
+  static void end(connection& c, ended_by why) noexcept {
+    c.ended = why;
+    c.finish.request_stop();
+    c.s.cancel();
+  }
+
+  // A connection a deadline ended is counted as that, however the close went.
+  bool count_deadline(const connection& c) noexcept {
+    switch (c.ended) {
+      case ended_by::idle_timeout: ++counters_.idle_timeout; return true;
+      case ended_by::first_byte_timeout: ++counters_.first_byte_timeout; return true;
+      case ended_by::handler: return false;
+    }
+    return false;
+  }
+
+  void count(const connection& c, close_outcome outcome, bool reset_sent) noexcept {
+    if (!count_deadline(c)) {
+      switch (outcome) {
+        case close_outcome::clean: ++counters_.clean; break;
+        case close_outcome::peer_reset: ++counters_.peer_reset; break;
+        case close_outcome::drain_timeout: ++counters_.drain_timeout; break;
+        case close_outcome::drain_limit: ++counters_.drain_limit; break;
+        case close_outcome::canceled:
+        case close_outcome::error: ++counters_.we_reset; break;
+      }
     }
     if (!shutting_down_) return;
     if (outcome == close_outcome::clean) ++report_.finished;
@@ -192,19 +352,30 @@ class server {
     else ++report_.errors;
   }
 
-  void link(connection& c) noexcept {
-    connections_.push_front(c);
-    ++active_;
-    ++busy_;
-  }
+  void link(connection& c) noexcept { connections_.push_front(c); }
   void unlink(connection& c) noexcept {
     connections_.remove(c);
-    --active_;
+    if (active_-- == opts_.max_connections) accept_wake_.notify();  // room for the next one
   }
   // busy_ counts the accept loop and every connection task; shutdown waits for all of them.
   void done_one() noexcept {
     if (--busy_ == 0 && all_done_) all_done_->request_stop();
   }
+
+  // Wakes one waiting coroutine early from a timed wait: a timer that a stop cancels.
+  class wake_up {
+   public:
+    auto wait(io_context& ctx, std::chrono::nanoseconds d = no_timeout) {
+      source_.emplace();
+      return sleep_until(ctx, detail::deadline_after(d), source_->get_token());
+    }
+    void notify() noexcept {
+      if (source_) source_->request_stop();
+    }
+
+   private:
+    std::optional<inplace_stop_source> source_;
+  };
 
   io_context* ctx_;
   listener listener_;
@@ -216,6 +387,8 @@ class server {
   bool shutting_down_ = false;
   std::chrono::steady_clock::time_point deadline_{};
   inplace_stop_source* all_done_ = nullptr;
+  wake_up accept_wake_;  // the accept loop: room below max_connections, shutdown
+  wake_up watch_wake_;   // the deadline watch: shutdown
   connection_counters counters_;
   shutdown_report report_;
 };

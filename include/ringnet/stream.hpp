@@ -306,6 +306,11 @@ class socket_ops {
   [[nodiscard]] bool write_shut() const noexcept { return st_ && st_->write_shut(); }
   /// Whether the peer's FIN arrived (a read returned 0).
   [[nodiscard]] bool read_eof() const noexcept { return st_ && st_->read_eof(); }
+  /// Bytes received from the peer so far, on every path (recv, receive, splice); a server's idle
+  /// and first-byte deadlines watch them.
+  [[nodiscard]] std::uint64_t bytes_received() const noexcept { return st_ ? st_->bytes_received() : 0; }
+  /// Bytes the kernel took for sending so far (send, send_all, splice into the socket).
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return st_ ? st_->bytes_sent() : 0; }
   /// The error that ended the connection (a reset, a lost route) once any path saw it; none while
   /// it is alive. Every later send reports it, and reads once the kernel has nothing left.
   [[nodiscard]] std::error_code connection_error() const noexcept {

@@ -56,6 +56,7 @@ class socket_state final : public fd_state, private buffer_user {
   // A read's result: bytes, the peer's FIN (0 for a read of `len` > 0), a cancellation, or the
   // end of the connection.
   int settle_read(int res, std::size_t len) noexcept {
+    if (res > 0) received_ += static_cast<std::uint64_t>(res);
     if (res == 0 && len > 0) {
       if (error_ != 0) return error_;
       read_eof_ = true;
@@ -65,9 +66,13 @@ class socket_state final : public fd_state, private buffer_user {
     return res;
   }
   int settle_write(int res) noexcept {
+    if (res > 0) sent_ += static_cast<std::uint64_t>(res);
     if (res < 0) note(res);
     return res;
   }
+  // Bytes that arrived (handed to a read, or queued by the multishot receive) and bytes sent.
+  [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_; }
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return sent_; }
   void wrote_fin() noexcept { write_shut_ = true; }
 
   // ---- sends in flight (shutdown_write waits for them: a SHUT_WR under a send fails it) ----
@@ -227,6 +232,7 @@ class socket_state final : public fd_state, private buffer_user {
     if (flags & IORING_CQE_F_BUFFER) {
       const auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
       b.taken();
+      if (res > 0) received_ += static_cast<std::uint64_t>(res);
       if (res > 0 && !draining)
         rx_push(bid, static_cast<std::uint32_t>(res));
       else
@@ -279,6 +285,8 @@ class socket_state final : public fd_state, private buffer_user {
   bool read_eof_ = false;
   bool write_shut_ = false;
   int error_ = 0;
+  std::uint64_t received_ = 0;
+  std::uint64_t sent_ = 0;
   std::uint32_t sends_ = 0;
   wait_list send_waiters_;
   member_request<socket_state, &socket_state::on_rx> rx_;
