@@ -186,6 +186,12 @@ struct splice_to_pipe_op : on_socket {
   }
   static result<std::size_t> complete(int res, std::uint32_t) noexcept { return size_result(res); }
 };
+// splice(2) has no MSG_NOSIGNAL: into a socket the peer reset, once its error was taken (by a
+// read, or SO_ERROR), the send path fails with EPIPE and raises SIGPIPE on the thread running the
+// splice. That thread is the io-wq worker, which blocks every signal but SIGKILL and SIGSTOP, so
+// the SIGPIPE stays pending on the worker alone (its SigPnd; neither the process's ShdPnd nor
+// the ring's thread) and never runs the process's disposition, SIG_DFL included. Queuing it
+// still wakes the process's signalfds (see signal_set).
 struct splice_from_pipe_op : sending {
   int pipe_fd;
   unsigned len;
@@ -264,7 +270,10 @@ class socket_ops {
   /// at once: the recv is cancelled when nobody waits any more, and what was received meanwhile
   /// stays queued for the next call (a lost race leaves no error behind). A stream receives into
   /// one buffer_ring at a time (another one while it holds data: invalid_argument). Do not mix
-  /// with recv() while receiving (drain() and close() take care of it).
+  /// with recv() while receiving (drain() and close() take care of it). A stream holds at most a
+  /// sixteenth of the ring's buffers (at least two) queued and not taken: past that its recv
+  /// pauses until the caller takes them, so one connection whose data nobody consumes cannot
+  /// starve the others of buffers.
   template <stoppable_token Token = never_stop_token>
   [[nodiscard]] auto receive(buffer_ring& bufs, Token token = {}) const {
     return waiting<receive_source, Token>(receive_source{st_, bufs.impl_.get()}, std::move(token));
