@@ -15,6 +15,7 @@
 #include <liburing.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
@@ -56,6 +57,11 @@ class provided_buffers final : public ring_resource, public remote_node {
   [[nodiscard]] std::uint16_t group() const noexcept { return group_; }
   [[nodiscard]] std::size_t buffer_size() const noexcept { return size_; }
   [[nodiscard]] unsigned available() const noexcept { return available_; }
+  // How many filled buffers one stream may hold queued before its recv is stopped until it
+  // takes them: a sixteenth of the ring (at least two, so one is read while the next fills), so
+  // a connection whose data nobody consumes (its peer floods while the replies are stuck) cannot
+  // take every buffer from the others.
+  [[nodiscard]] unsigned stream_share() const noexcept { return std::max(count_ / 16, 2u); }
   [[nodiscard]] bool retired() const noexcept { return retired_; }
   [[nodiscard]] std::byte* data(std::uint16_t bid) const noexcept { return data_.get() + bid * size_; }
 

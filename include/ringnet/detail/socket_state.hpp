@@ -142,6 +142,7 @@ class socket_state final : public fd_state, private buffer_user {
     if (bid == provided_buffers::none) return bid;
     rx_head_ = rx_bufs_->next(bid);
     if (rx_head_ == provided_buffers::none) rx_tail_ = provided_buffers::none;
+    --rx_queued_;
     return bid;
   }
   [[nodiscard]] provided_buffers* receiving_into() const noexcept { return rx_bufs_; }
@@ -213,6 +214,11 @@ class socket_state final : public fd_state, private buffer_user {
     else
       rx_bufs_->set_next(rx_tail_, bid);
     rx_tail_ = bid;
+    // Its share of the ring is full: stop receiving until the caller takes some (the next
+    // receive() that finds the queue empty re-arms). What the kernel already queued in one wake-up
+    // of the multishot before the cancel lands still arrives: the share bounds a steady flood,
+    // a single burst can overshoot it by a read's worth.
+    if (++rx_queued_ >= rx_bufs_->stream_share() && rx_.in_flight()) rx_.cancel();
   }
   // Gives every queued buffer back and leaves the buffer ring.
   void rx_unbind() noexcept {
@@ -293,6 +299,7 @@ class socket_state final : public fd_state, private buffer_user {
   provided_buffers* rx_bufs_ = nullptr;
   std::uint16_t rx_head_ = provided_buffers::none;
   std::uint16_t rx_tail_ = provided_buffers::none;
+  unsigned rx_queued_ = 0;  // buffers between rx_head_ and rx_tail_
   wait_list rx_waiters_;
   wait_list rx_disarmed_waiters_;
 };
