@@ -62,23 +62,26 @@ class relay_buffer_pool {
   // A buffer of mapped_size(n) bytes, or null when the kernel has no memory for it. Blocks are
   // matched by exact size: a proxy uses one size, so the most recently released (the one most
   // likely still resident) fits.
-  [[nodiscard]] std::byte* take(std::size_t n) noexcept {
+  // `resident` is set to how much of it is resident already (a cached buffer keeps its pages).
+  [[nodiscard]] std::byte* take(std::size_t n, std::size_t& resident) noexcept {
     n = mapped_size(n);
     for (block** p = &free_; *p; p = &(*p)->next) {
       if ((*p)->size != n) continue;
       block* b = std::exchange(*p, (*p)->next);
       --count_;
-      resident_ -= b->resident;
+      resident = b->resident;
+      resident_ -= resident;
       ++outstanding_;
       return reinterpret_cast<std::byte*>(b);
     }
     void* m = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return nullptr;
+    resident = 0;
     ++outstanding_;
     return static_cast<std::byte*>(m);
   }
 
-  // Gives back a buffer of mapped_size(n) bytes of which data touched at most the first `used`.
+  // Gives back a buffer of mapped_size(n) bytes of which at most the first `used` are resident.
   void give(std::byte* p, std::size_t n, std::size_t used) noexcept {
     --outstanding_;
     n = mapped_size(n);
@@ -127,7 +130,7 @@ class relay_buffer {
   // Takes n bytes from the pool (giving back what it held); false when there is no memory.
   [[nodiscard]] bool acquire(std::size_t n) noexcept {
     reset();
-    data_ = relay_buffer_pool::local().take(n);
+    data_ = relay_buffer_pool::local().take(n, used_);
     if (data_) size_ = n;
     return data_ != nullptr;
   }
