@@ -2,8 +2,11 @@
 #pragma once
 
 #include <ringnet/endpoint.hpp>
+#include <ringnet/operation.hpp>  // no_timeout
+#include <ringnet/server.hpp>     // connection_counters
 
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -66,6 +69,24 @@ inline double number(std::string_view text, const char* usage, double min, doubl
       (whole && v != std::floor(v)))
     usage_error(usage, whole ? "bad whole number" : "bad number", text);
   return v;
+}
+
+// A duration in seconds; 0 means none (no_timeout).
+inline std::chrono::nanoseconds timeout_seconds(double s) {
+  if (s <= 0) return ringnet::no_timeout;
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+}
+
+// How the server's connections ended, as both tools print it at exit. Every accepted connection
+// is counted in exactly one of the fields after "accepted".
+inline void print_connections(std::FILE* to, const ringnet::connection_counters& c) {
+  std::fprintf(to,
+               "connections: %zu accepted, %zu clean, %zu peer reset, %zu drain timeout, "
+               "%zu drain limit, %zu reset by us, %zu idle timeout, %zu first byte timeout, "
+               "%zu closed by handler; %zu at most at once, %zu accept errors\n",
+               c.accepted, c.clean, c.peer_reset, c.drain_timeout, c.drain_limit, c.we_reset,
+               c.idle_timeout, c.first_byte_timeout, c.closed_by_handler, c.max_active,
+               c.accept_errors);
 }
 
 }  // namespace cli

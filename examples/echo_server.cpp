@@ -1,6 +1,7 @@
 // ringnet-echo: the lifecycle echo server of the benchmark protocol (README, "Benchmarks").
 //
-//   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N]
+//   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--max-connections N]
+//                [--idle-timeout SECONDS] [--first-byte-timeout SECONDS]
 //
 // Echoes every byte as it arrives; after the client's FIN it finishes sending, half-closes and
 // closes (nothing unread, so never an RST). SIGINT/SIGTERM: stop accepting, let connections
@@ -24,7 +25,8 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr const char* usage =
-    "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--shutdown syscall|io_uring]";
+    "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--shutdown syscall|io_uring] "
+    "[--max-connections N] [--idle-timeout SECONDS] [--first-byte-timeout SECONDS]";
 constexpr const char* help =
     "usage: ringnet-echo --listen HOST:PORT [options]\n"
     "\n"
@@ -42,6 +44,13 @@ constexpr const char* help =
     "  --shutdown syscall|io_uring\n"
     "                            how the FIN is sent: shutdown(2) or IORING_OP_SHUTDOWN\n"
     "                            (default syscall, measured cheaper)\n"
+    "  --max-connections N       serve at most N connections at once (per thread); the rest wait\n"
+    "                            in the listen backlog, 0..1e9, 0 = no limit (default 0)\n"
+    "  --idle-timeout SECONDS    end a connection gracefully (FIN, drain, close) when no byte moved\n"
+    "                            either way for this long, 0..1e7, 0 = never (default 0)\n"
+    "  --first-byte-timeout SECONDS\n"
+    "                            end a connection that sent nothing within this long of being\n"
+    "                            accepted, 0..1e7, 0 = never (default 0)\n"
     "  -h, --help                this text\n"
     "  --version                 the version of the tool and of the liburing headers it was built with\n"
     "\n"
@@ -68,10 +77,10 @@ struct worker {
 };
 
 rn::task<void> serve(worker& w, rn::inplace_stop_token quit, std::chrono::nanoseconds grace,
-                     rn::shutdown_method how) {
+                     rn::server_options options) {
   auto bufs = rn::buffer_ring::create(w.ctx, 1024, 16 * 1024);
   if (!bufs) throw std::system_error(bufs.error(), "buffer ring");
-  rn::server srv(w.ctx, std::move(w.listener), echo{&*bufs}, {.close = {.shutdown = how}});
+  rn::server srv(w.ctx, std::move(w.listener), echo{&*bufs}, options);
   rn::spawn(w.ctx, srv.run());
   (void)co_await rn::sleep_for(w.ctx, std::chrono::hours(24 * 365 * 100), quit);  // until told
   w.report = co_await srv.shutdown(grace);
@@ -85,6 +94,7 @@ int main(int argc, char** argv) {
   double grace_s = 5;
   double threads = 1;
   auto how = rn::shutdown_method::syscall;  // measured cheaper than IORING_OP_SHUTDOWN (README)
+  double max_connections = 0, idle_s = 0, first_byte_s = 0;
   for (int i = 1; i < argc; ++i) {
     if (cli::help_or_version(argv[i], "ringnet-echo", help)) return 0;
     if (auto v = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*v, usage);
@@ -93,8 +103,20 @@ int main(int argc, char** argv) {
     else if (auto m = cli::option(argc, argv, i, "--shutdown", usage)) {
       if (*m == "io_uring") how = rn::shutdown_method::io_uring;
       else if (*m != "syscall") cli::usage_error(usage, "--shutdown takes syscall or io_uring");
+    } else if (auto c = cli::option(argc, argv, i, "--max-connections", usage)) {
+      max_connections = cli::number(*c, usage, 0, 1e9, true);
+    } else if (auto d = cli::option(argc, argv, i, "--idle-timeout", usage)) {
+      idle_s = cli::number(*d, usage, 0, 1e7);
+    } else if (auto f = cli::option(argc, argv, i, "--first-byte-timeout", usage)) {
+      first_byte_s = cli::number(*f, usage, 0, 1e7);
     } else cli::usage_error(usage, "unknown argument", argv[i]);
   }
+  const rn::server_options options{
+      .close = {.shutdown = how},
+      .max_connections = static_cast<std::size_t>(max_connections),
+      .idle_timeout = cli::timeout_seconds(idle_s),
+      .first_byte_timeout = cli::timeout_seconds(first_byte_s),
+  };
   if (!at) cli::usage_error(usage, "--listen is required");
 
   try {
@@ -123,13 +145,17 @@ int main(int argc, char** argv) {
     const auto grace = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s));
     std::vector<std::jthread> threads_running;
     for (auto& w : workers) {
-      threads_running.emplace_back([&w = *w, &quit, grace, how] {
-        rn::sync_wait(w.ctx, serve(w, quit.get_token(), grace, how));
+      threads_running.emplace_back([&w = *w, &quit, grace, options] {
+        rn::sync_wait(w.ctx, serve(w, quit.get_token(), grace, options));
       });
     }
     const auto sig = rn::sync_wait(signal_ctx, signals.wait());
+    // Only SIGINT or SIGTERM asks for a shutdown; a failed wait is an error, reported as one
+    // after the same graceful shutdown.
+    if (!sig) std::fprintf(stderr, "error: waiting for signals: %s\n", sig.error().message().c_str());
     quit.request_stop();
     threads_running.clear();  // joins: every worker finished its graceful shutdown
+    if (!sig) return 1;
 
     rn::shutdown_report total{};
     rn::connection_counters c{};
@@ -137,12 +163,9 @@ int main(int argc, char** argv) {
       total += w->report;
       c += w->counters;
     }
-    std::fprintf(stderr,
-                 "ringnet-echo: signal %d; shutdown: %zu finished, %zu reset, %zu errors; "
-                 "connections: %zu accepted, %zu clean, %zu peer reset, %zu drain timeout, "
-                 "%zu drain limit, %zu reset by us\n",
-                 sig ? *sig : 0, total.finished, total.aborted, total.errors, c.accepted, c.clean,
-                 c.peer_reset, c.drain_timeout, c.drain_limit, c.we_reset);
+    std::fprintf(stderr, "ringnet-echo: signal %d; shutdown: %zu finished, %zu reset, %zu errors; ",
+                 *sig, total.finished, total.aborted, total.errors);
+    cli::print_connections(stderr, c);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,7 +1,7 @@
 // ringnet-proxy: a TCP proxy; every accepted connection is relayed to one upstream.
 //
 //   ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S]
-//                 [--grace S] [--buffer BYTES]
+//                 [--grace S] [--buffer BYTES] [--max-connections N] [--first-byte-timeout S]
 //
 // Half-close is forwarded both ways (a client that sends its request and shuts down its write side
 // still gets the whole answer); a reset on either side resets the other; an upstream that refuses
@@ -25,7 +25,7 @@ namespace {
 
 constexpr const char* usage =
     "ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S] "
-    "[--grace S] [--buffer BYTES]";
+    "[--grace S] [--buffer BYTES] [--max-connections N] [--first-byte-timeout S]";
 constexpr const char* help =
     "usage: ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [options]\n"
     "\n"
@@ -45,6 +45,11 @@ constexpr const char* help =
     "  --grace SECONDS           shutdown grace period, 0..86400 (default 5)\n"
     "  --buffer BYTES            buffer (copy) or pipe (splice) size per direction, 1..2^30\n"
     "                            (default 1048576)\n"
+    "  --max-connections N       relay at most N client connections at once; the rest wait in the\n"
+    "                            listen backlog, 0..1e9, 0 = no limit (default 0)\n"
+    "  --first-byte-timeout SECONDS\n"
+    "                            reset a client connection (and its upstream) that sent nothing\n"
+    "                            within this long of being accepted, 0..1e7, 0 = never (default 0)\n"
     "  -h, --help                this text\n"
     "  --version                 the version of the tool and of the liburing headers it was built with\n"
     "\n"
@@ -100,7 +105,7 @@ std::chrono::nanoseconds seconds(double s) {
 
 int main(int argc, char** argv) {
   std::optional<rn::endpoint> at, upstream;
-  double grace_s = 5, idle_s = 600, buffer = 1 << 20;
+  double grace_s = 5, idle_s = 600, buffer = 1 << 20, max_connections = 0, first_byte_s = 0;
   rn::relay_path path = rn::relay_path::copy;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -112,6 +117,8 @@ int main(int argc, char** argv) {
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--idle-timeout", usage)) idle_s = cli::number(*t, usage, 0, 1e7);
     else if (auto b = cli::option(argc, argv, i, "--buffer", usage)) buffer = cli::number(*b, usage, 1, 1 << 30, true);
+    else if (auto c = cli::option(argc, argv, i, "--max-connections", usage)) max_connections = cli::number(*c, usage, 0, 1e9, true);
+    else if (auto f = cli::option(argc, argv, i, "--first-byte-timeout", usage)) first_byte_s = cli::number(*f, usage, 0, 1e7);
     else cli::usage_error(usage, "unknown argument", argv[i]);
   }
   if (!at) cli::usage_error(usage, "--listen is required");
@@ -134,25 +141,32 @@ int main(int argc, char** argv) {
     rn::relay_options options{
         .path = path,
         .buffer_size = static_cast<std::size_t>(buffer),
-        .idle_timeout = idle_s > 0 ? seconds(idle_s) : rn::no_timeout,
+        .idle_timeout = cli::timeout_seconds(idle_s),
         .stop_grace = grace,
     };
-    rn::server srv(ctx, std::move(*l), proxy{*upstream, options, &counts});
-    auto body = [&]() -> rn::task<std::pair<int, rn::shutdown_report>> {
+    rn::server srv(ctx, std::move(*l), proxy{*upstream, options, &counts},
+                   {.max_connections = static_cast<std::size_t>(max_connections),
+                    .first_byte_timeout = cli::timeout_seconds(first_byte_s)});
+    // Only SIGINT or SIGTERM asks for a shutdown; a failed wait is an error, reported as one
+    // after the same graceful shutdown.
+    auto body = [&]() -> rn::task<std::pair<rn::result<int>, rn::shutdown_report>> {
       rn::spawn(ctx, srv.run());
       const auto sig = co_await signals.wait();
-      co_return std::pair{sig ? *sig : 0, co_await srv.shutdown(grace)};
+      if (!sig) std::fprintf(stderr, "error: waiting for signals: %s\n", sig.error().message().c_str());
+      co_return std::pair{sig, co_await srv.shutdown(grace)};
     };
     const auto [sig, report] = rn::sync_wait(ctx, body());
+    if (!sig) return 1;
     std::fprintf(stderr,
                  "ringnet-proxy: signal %d; shutdown in %lld ms: %zu finished, %zu reset, %zu errors; "
                  "relays: %zu, %zu clean, %zu reset, %zu timed out, %zu stopped, %zu failed; "
-                 "%zu upstream unreachable; %llu bytes up, %llu bytes down\n",
-                 sig, static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(report.elapsed).count()),
+                 "%zu upstream unreachable; %llu bytes up, %llu bytes down; ",
+                 *sig, static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(report.elapsed).count()),
                  report.finished, report.aborted, report.errors, counts.relays, counts.clean,
                  counts.reset, counts.timed_out, counts.stopped, counts.failed,
                  counts.upstream_unreachable, static_cast<unsigned long long>(counts.bytes_up),
                  static_cast<unsigned long long>(counts.bytes_down));
+    cli::print_connections(stderr, srv.counters());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

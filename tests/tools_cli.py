@@ -62,7 +62,9 @@ def main():
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     echo, proxy, version = sys.argv[1:]
-    tool(echo, "ringnet-echo", version, ["--listen", "--grace", "--threads", "--shutdown"], ["--listen"],
+    tool(echo, "ringnet-echo", version,
+         ["--listen", "--grace", "--threads", "--shutdown", "--max-connections", "--idle-timeout",
+          "--first-byte-timeout"], ["--listen"],
          [(["--listen", "127.0.0.1:0", "--grace", "-1"], "negative grace"),
           (["--listen", "127.0.0.1:0", "--threads", "x"], "not a number"),
           (["--listen", "127.0.0.1:0", "--threads", "nan"], "nan"),
@@ -70,15 +72,25 @@ def main():
           (["--listen", "127.0.0.1:0", "--grace", "nan"], "nan"),
           (["--listen", "127.0.0.1:0", "--grace", "inf"], "inf"),
           (["--listen", "nowhere"], "bad address"),
-          (["--listen", "127.0.0.1:0", "--shutdown", "maybe"], "bad choice")])
+          (["--listen", "127.0.0.1:0", "--shutdown", "maybe"], "bad choice"),
+          (["--listen", "127.0.0.1:0", "--max-connections", "-1"], "negative limit"),
+          (["--listen", "127.0.0.1:0", "--max-connections", "2.5"], "not whole"),
+          (["--listen", "127.0.0.1:0", "--idle-timeout", "-3"], "negative timeout"),
+          (["--listen", "127.0.0.1:0", "--idle-timeout", "inf"], "inf"),
+          (["--listen", "127.0.0.1:0", "--first-byte-timeout", "nan"], "nan"),
+          (["--listen", "127.0.0.1:0", "--first-byte-timeout"], "missing value")])
     tool(proxy, "ringnet-proxy", version,
-         ["--listen", "--upstream", "--copy", "--splice", "--idle-timeout", "--grace", "--buffer"],
+         ["--listen", "--upstream", "--copy", "--splice", "--idle-timeout", "--grace", "--buffer",
+          "--max-connections", "--first-byte-timeout"],
          ["--listen"],
          [(["--listen", "127.0.0.1:0"], "missing --upstream"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "0"], "buffer out of range"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "nan"], "nan"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "1.5"], "not whole"),
-          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--idle-timeout", "nan"], "nan")])
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--idle-timeout", "nan"], "nan"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--max-connections", "x"], "not a number"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--first-byte-timeout", "-1"],
+           "negative timeout")])
     print("%d failed" % len(failures))
     return 1 if failures else 0
 
