@@ -118,9 +118,11 @@ case_pkgconfig() {
   local pc
   pc=$(find "$prefix" -name ringnet.pc -print -quit)
   [ -n "$pc" ] || die "no ringnet.pc installed under $prefix"
-  # Exactly the headers, the .pc and the CMake package: nothing else is installed.
+  # Exactly the headers, the .pc files (ringnet-resolve.pc when c-ares was found) and the CMake
+  # package: nothing else is installed.
   local extra
   extra=$(cd "$prefix" && find . -type f ! -path './include/ringnet/*' ! -name ringnet.pc \
+    ! -name ringnet-resolve.pc \
     ! -path './share/cmake/ringnet/ringnet-config.cmake' \
     ! -path './share/cmake/ringnet/ringnet-config-version.cmake')
   [ -z "$extra" ] || die "unexpected installed files: $extra"
