@@ -18,6 +18,8 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -200,11 +202,28 @@ class socket_state final : public fd_state, private buffer_user {
       return;
     io_uring_sqe* sqe = rx_.start(*owner());
     io_uring_prep_recv(sqe, fd(), nullptr, 0, 0);
-    if (owner()->caps().multishot_recv) sqe->ioprio |= IORING_RECV_MULTISHOT;
+    rx_limited_ = false;
+    if (owner()->caps().multishot_recv) {
+      sqe->ioprio |= IORING_RECV_MULTISHOT;
+      // The kernel ends the multishot once it read what is left of the stream's share of the
+      // ring, so even a burst already queued in the socket cannot take more (a cancel sent
+      // after the CQEs would land only after the kernel had filled every buffer it could).
+      if (owner()->caps().multishot_recv_limit) {
+        sqe->file_index = rx_limit_bytes();  // the SQE's optlen
+        rx_limited_ = true;
+      }
+    }
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = rx_bufs_->group();
     track(rx_);
     rx_bufs_->recv_started();
+  }
+  // Bytes the stream's share of the ring still holds: at least one buffer.
+  [[nodiscard]] std::uint32_t rx_limit_bytes() const noexcept {
+    const unsigned share = rx_bufs_->stream_share();
+    const std::uint64_t buffers = rx_queued_ < share ? share - rx_queued_ : 1;
+    return static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(buffers * rx_bufs_->buffer_size(), std::numeric_limits<std::uint32_t>::max()));
   }
   void rx_push(std::uint16_t bid, std::uint32_t len) noexcept {
     rx_bufs_->set_length(bid, len);
@@ -215,9 +234,9 @@ class socket_state final : public fd_state, private buffer_user {
       rx_bufs_->set_next(rx_tail_, bid);
     rx_tail_ = bid;
     // Its share of the ring is full: stop receiving until the caller takes some (the next
-    // receive() that finds the queue empty re-arms). What the kernel already queued in one wake-up
-    // of the multishot before the cancel lands still arrives: the share bounds a steady flood,
-    // a single burst can overshoot it by a read's worth.
+    // receive() that finds the queue empty re-arms). With the kernel's byte limit the multishot
+    // has ended by itself by then; without it, this cancel bounds a steady flood, though a burst
+    // the kernel read before the cancel landed still overshoots.
     if (++rx_queued_ >= rx_bufs_->stream_share() && rx_.in_flight()) rx_.cancel();
   }
   // Gives every queued buffer back and leaves the buffer ring.
@@ -249,6 +268,8 @@ class socket_state final : public fd_state, private buffer_user {
       // recycling race it): re-armed below if so, else when one comes back, if anyone waits
       // (else the next receive() arms).
       if (b.available() == 0 && !b.retired() && !rx_waiters_.empty()) b.starve(this);
+    } else if (res == -EINVAL && rx_limited_ && final) {
+      owner()->lacks_multishot_recv_limit();  // an older kernel: re-armed below without it
     } else if (res <= 0) {
       (void)settle_read(res, 1);
     }
@@ -300,6 +321,7 @@ class socket_state final : public fd_state, private buffer_user {
   std::uint16_t rx_head_ = provided_buffers::none;
   std::uint16_t rx_tail_ = provided_buffers::none;
   unsigned rx_queued_ = 0;  // buffers between rx_head_ and rx_tail_
+  bool rx_limited_ = false;  // the armed recv carries the kernel's byte limit
   wait_list rx_waiters_;
   wait_list rx_disarmed_waiters_;
 };
