@@ -149,6 +149,9 @@ class server {
   }
   server(const server&) = delete;
   server& operator=(const server&) = delete;
+  ~server() {
+    RINGNET_ASSERT(busy_ == 0, "rn::server destroyed while it runs: co_await shutdown() first");
+  }
 
   /// Accepts until shutdown(); each connection runs handler(stream&, token) in its own task.
   [[nodiscard]] task<void> run() {

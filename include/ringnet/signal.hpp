@@ -61,19 +61,24 @@ struct signal_read_op {
 class pinned_descriptor {
  public:
   explicit pinned_descriptor(descriptor_state* s) noexcept : st_(s) { st_->pin(); }
+  pinned_descriptor(pinned_descriptor&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
   pinned_descriptor(const pinned_descriptor&) = delete;
   pinned_descriptor& operator=(const pinned_descriptor&) = delete;
-  ~pinned_descriptor() { st_->unpin(); }
+  ~pinned_descriptor() {
+    if (st_) st_->unpin();
+  }
+  [[nodiscard]] descriptor_state* get() const noexcept { return st_; }
 
  private:
   descriptor_state* st_;
 };
 
 // Reads until a signal of the set arrives or a read fails for real. Each retry is a new read,
-// which the kernel parks until the signalfd is woken again, so an empty read never spins.
+// which the kernel parks until the signalfd is woken again, so an empty read never spins. The
+// state is pinned from the call on (the task is lazy: the signal_set may be gone by its start).
 template <stoppable_token Token>
-task<result<int>> wait_for_signal(descriptor_state* st, Token token) {
-  const pinned_descriptor pin(st);
+task<result<int>> wait_for_signal(pinned_descriptor pin, Token token) {
+  descriptor_state* st = pin.get();
   for (;;) {
     result<int> r = co_await operation<signal_read_op, Token>(st->owner(), signal_read_op{st}, token);
     if (r || r.error() != std::errc::resource_unavailable_try_again) co_return r;
@@ -111,10 +116,11 @@ class signal_set {
 
   /// Completes with the number of the next signal of the set received, and only then or with
   /// an error: other signals sent to the process, which wake the signalfd too, are waited past.
-  /// A stop (operation_canceled) ends the wait, as does destroying the signal_set.
+  /// A stop (operation_canceled) ends the wait, as does destroying the signal_set (also before
+  /// the returned task first runs).
   template <stoppable_token Token = never_stop_token>
   [[nodiscard]] task<result<int>> wait(Token token = {}) {
-    return detail::wait_for_signal(st_, std::move(token));
+    return detail::wait_for_signal(detail::pinned_descriptor(st_), std::move(token));
   }
 
  private:
