@@ -1,13 +1,22 @@
 // Small command-line helpers shared by the examples.
+//
+// RINGNET_EXAMPLES_RESOLVER (1 when meson found c-ares) lets HOST:PORT arguments name a host;
+// at 0 they take numeric addresses only.
 #pragma once
 
 #include <ringnet/endpoint.hpp>
+#include <ringnet/io_context.hpp>
 #include <ringnet/operation.hpp>  // no_timeout
 #include <ringnet/server.hpp>     // connection_counters
+#if RINGNET_EXAMPLES_RESOLVER
+#include <ringnet/resolve.hpp>
+#include <ringnet/spawn.hpp>  // sync_wait
+#endif
 
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -59,6 +68,53 @@ inline ringnet::endpoint endpoint(std::string_view text, const char* usage) {
   auto ep = ringnet::endpoint::parse(text);
   if (!ep) usage_error(usage, "bad address", text, ep.error().message());
   return *ep;
+}
+
+// A HOST:PORT argument: the host as given (a name, an IPv4 address, [an IPv6 address]), the
+// port, and the endpoint when the host is numeric (no lookup needed).
+struct host_port {
+  std::string text;
+  std::string host;
+  std::uint16_t port = 0;
+  std::optional<ringnet::endpoint> numeric;
+};
+
+// "NAME:PORT", "IPV4:PORT" or "[IPV6]:PORT", PORT in 0..65535; anything else exits 2. Without
+// the resolver only the numeric forms.
+inline host_port split_host_port(std::string_view text, const char* usage) {
+  auto ep = ringnet::endpoint::parse(text);
+  const std::size_t colon = text.rfind(':');
+  if (ep) return {std::string(text), std::string(text.substr(0, colon)), ep->port(), *ep};
+#if !RINGNET_EXAMPLES_RESOLVER
+  usage_error(usage, "bad address", text, ep.error().message() + "; names need the resolver (c-ares)");
+#else
+  if (colon == std::string_view::npos) usage_error(usage, "bad address", text, "no :PORT");
+  const std::string_view host = text.substr(0, colon), port = text.substr(colon + 1);
+  if (host.empty()) usage_error(usage, "bad address", text, "no host before :PORT");
+  // A bracketed host is an IPv6 address that did not parse; a bare colon, one without brackets.
+  if (host.find_first_of("[]:") != std::string_view::npos) usage_error(usage, "bad address", text, ep.error().message());
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value > 65535)
+    usage_error(usage, "bad address", text, "the port is not a number in 0..65535");
+  return {std::string(text), std::string(host), static_cast<std::uint16_t>(value), std::nullopt};
+#endif
+}
+
+// Where to listen: the numeric address, or the first address of the name, looked up once on
+// `ctx`. A failed lookup is nullopt, after its message (which names the host) on stderr.
+inline std::optional<ringnet::endpoint> listen_address([[maybe_unused]] ringnet::io_context& ctx, const host_port& at) {
+#if RINGNET_EXAMPLES_RESOLVER
+  if (!at.numeric) {
+    const ringnet::resolve_result r = ringnet::sync_wait(ctx, ringnet::resolve(ctx, at.host, at.port));
+    if (!r) {
+      std::fprintf(stderr, "error: %s\n", r.what().c_str());
+      return std::nullopt;
+    }
+    return r->front();
+  }
+#endif
+  return at.numeric;
 }
 
 // A number in [min, max] (a whole one if `whole`); "nan" and "inf" are refused.

@@ -37,7 +37,9 @@ constexpr const char* help =
     "\n"
     "options:\n"
     "  --listen HOST:PORT        address to listen on (required; IPv6 as [::1]:PORT). Port 0 picks\n"
-    "                            a free port; the first line on stdout is \"listening on HOST:PORT\"\n"
+    "                            a free port; the first line on stdout is \"listening on HOST:PORT\".\n"
+    "                            A host name is looked up once at start and its first address used\n"
+    "                            (builds with c-ares)\n"
     "  --grace SECONDS           shutdown grace period, 0..86400 (default 5)\n"
     "  --threads N               rings, one thread each with its own SO_REUSEPORT listener,\n"
     "                            1..256 (default 1)\n"
@@ -55,7 +57,7 @@ constexpr const char* help =
     "  --version                 the version of the tool and of the liburing headers it was built with\n"
     "\n"
     "exit status: 0 after a graceful shutdown or --help/--version, 1 on a runtime error (the\n"
-    "address cannot be bound, ...), 2 on bad arguments (message on stderr).\n";
+    "address cannot be bound or looked up, ...), 2 on bad arguments (message on stderr).\n";
 
 // One multishot recv per connection, into buffers shared by every connection of the thread.
 struct echo {
@@ -90,14 +92,14 @@ rn::task<void> serve(worker& w, rn::inplace_stop_token quit, std::chrono::nanose
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::optional<rn::endpoint> at;
+  std::optional<cli::host_port> listen;
   double grace_s = 5;
   double threads = 1;
   auto how = rn::shutdown_method::syscall;  // measured cheaper than IORING_OP_SHUTDOWN (README)
   double max_connections = 0, idle_s = 0, first_byte_s = 0;
   for (int i = 1; i < argc; ++i) {
     if (cli::help_or_version(argv[i], "ringnet-echo", help)) return 0;
-    if (auto v = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*v, usage);
+    if (auto v = cli::option(argc, argv, i, "--listen", usage)) listen = cli::split_host_port(*v, usage);
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256, true);
     else if (auto m = cli::option(argc, argv, i, "--shutdown", usage)) {
@@ -117,12 +119,14 @@ int main(int argc, char** argv) {
       .idle_timeout = cli::timeout_seconds(idle_s),
       .first_byte_timeout = cli::timeout_seconds(first_byte_s),
   };
-  if (!at) cli::usage_error(usage, "--listen is required");
+  if (!listen) cli::usage_error(usage, "--listen is required");
 
   try {
     // Block the signals before any thread starts, so every thread inherits the mask.
     rn::io_context signal_ctx;
     rn::signal_set signals(signal_ctx, {SIGINT, SIGTERM});
+    std::optional<rn::endpoint> at = cli::listen_address(signal_ctx, *listen);
+    if (!at) return 1;
 
     std::vector<std::unique_ptr<worker>> workers;
     const auto n = static_cast<int>(threads);

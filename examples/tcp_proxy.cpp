@@ -2,19 +2,28 @@
 //
 //   ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S]
 //                 [--grace S] [--buffer BYTES] [--max-connections N] [--first-byte-timeout S]
+//                 [--dns-server HOST:PORT]...
 //
 // Half-close is forwarded both ways (a client that sends its request and shuts down its write side
 // still gets the whole answer); a reset on either side resets the other; an upstream that refuses
-// or does not answer within 10 s resets the client. --idle-timeout 0 disables the idle timeout.
+// or does not answer within 10 s resets the client. An upstream given by name is looked up for a
+// new connection once the last answer's TTL has passed, and its addresses raced (Happy Eyeballs);
+// a failed lookup resets the client too. --idle-timeout 0 disables the idle timeout.
 // SIGINT/SIGTERM: stop accepting, let open connections finish within the grace period, reset the
 // rest, exit 0. Port 0 picks a free port; the first line of stdout says which.
 #include <ringnet/ringnet.hpp>
 
+#if RINGNET_EXAMPLES_RESOLVER
+#include <ringnet/connect_by_name.hpp>
+#endif
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cli.hpp"
 
@@ -25,7 +34,7 @@ namespace {
 
 constexpr const char* usage =
     "ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [--splice|--copy] [--idle-timeout S] "
-    "[--grace S] [--buffer BYTES] [--max-connections N] [--first-byte-timeout S]";
+    "[--grace S] [--buffer BYTES] [--max-connections N] [--first-byte-timeout S] [--dns-server HOST:PORT]";
 constexpr const char* help =
     "usage: ringnet-proxy --listen HOST:PORT --upstream HOST:PORT [options]\n"
     "\n"
@@ -34,10 +43,19 @@ constexpr const char* help =
     "resets the client. SIGINT/SIGTERM: stops accepting, lets open connections finish within the\n"
     "grace period, resets the rest, prints its counters to stderr and exits 0.\n"
     "\n"
+    "An upstream given by name (builds with c-ares) is looked up, A and AAAA, for a new connection\n"
+    "unless the last answer is still within its TTL; the addresses are raced IPv6 first, a new\n"
+    "attempt every 250 ms (Happy Eyeballs). A failed lookup (5 s at most) or connection resets the\n"
+    "client and is reported on stderr; the proxy keeps serving.\n"
+    "\n"
     "options:\n"
     "  --listen HOST:PORT        address to listen on (required; IPv6 as [::1]:PORT). Port 0 picks\n"
-    "                            a free port; the first line on stdout is \"listening on HOST:PORT\"\n"
-    "  --upstream HOST:PORT      where each connection is relayed to (required)\n"
+    "                            a free port; the first line on stdout is \"listening on HOST:PORT\".\n"
+    "                            A host name is looked up once at start and its first address used\n"
+    "  --upstream HOST:PORT      where each connection is relayed to (required); a host name is\n"
+    "                            looked up as described above\n"
+    "  --dns-server HOST:PORT    a DNS server (numeric address) for the lookups, instead of those of\n"
+    "                            /etc/resolv.conf; repeat it for more (default: none)\n"
     "  --copy                    relay through a buffer in user space (the default)\n"
     "  --splice                  relay through a pipe with splice(2), no copy to user space\n"
     "  --idle-timeout SECONDS    reset a connection when no byte moved either way for this long,\n"
@@ -54,11 +72,11 @@ constexpr const char* help =
     "  --version                 the version of the tool and of the liburing headers it was built with\n"
     "\n"
     "exit status: 0 after a graceful shutdown or --help/--version, 1 on a runtime error (the\n"
-    "address cannot be bound, ...), 2 on bad arguments (message on stderr).\n";
+    "address cannot be bound or looked up, ...), 2 on bad arguments (message on stderr).\n";
 
 struct tally {
   std::size_t relays = 0, clean = 0, reset = 0, timed_out = 0, stopped = 0, failed = 0;
-  std::size_t upstream_unreachable = 0;
+  std::size_t upstream_unreachable = 0, resolve_failed = 0;
   std::uint64_t bytes_up = 0, bytes_down = 0;
 
   void count(const rn::relay_result& r) noexcept {
@@ -76,24 +94,82 @@ struct tally {
   }
 };
 
+#if RINGNET_EXAMPLES_RESOLVER
+// A named upstream's addresses, IPv6 first, kept for the answer's TTL. One per proxy, used on the
+// ring's thread only, so without a lock. There is no single-flight: connections that miss at the
+// same time (when the TTL has just passed) each look the name up, and the last answer stays.
+struct upstream_cache {
+  const cli::host_port* upstream;
+  rn::resolve_options lookup;
+  std::vector<rn::endpoint> addresses{};
+  std::chrono::steady_clock::time_point fetched{};
+  std::chrono::seconds ttl{0};  // 0: nothing kept
+
+  template <class Token>
+  rn::task<rn::resolve_result> get(rn::io_context& ctx, Token token) {
+    // Whole seconds compared with whole seconds: resolve_result::forever does not fit in ns.
+    if (std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - fetched) < ttl)
+      co_return rn::resolve_result(addresses, ttl);
+    rn::resolve_result r = co_await rn::resolve(ctx, upstream->host, upstream->port, lookup, token);
+    if (r) {
+      // connect_any starts with the first address's family.
+      std::stable_partition(r->begin(), r->end(), [](const rn::endpoint& e) { return e.is_v6(); });
+      addresses = *r;
+      fetched = std::chrono::steady_clock::now();
+      ttl = r.ttl();
+    }
+    co_return r;
+  }
+};
+#endif
+
 // The server's connection handler. Generic in the stop token, which asks it to finish: the relay
 // then gives the connection stop_grace (the shutdown grace period) to end by itself.
 struct proxy {
-  rn::endpoint upstream;
+  const cli::host_port* upstream;
+#if RINGNET_EXAMPLES_RESOLVER
+  upstream_cache* named;  // looks up an upstream that is not numeric
+#endif
   rn::relay_options options;
   tally* counts;
 
   template <class Token>
   rn::task<rn::close_outcome> operator()(rn::stream& client, Token finish) const {
-    auto up = co_await rn::connect(client.context(), upstream, {.timeout = 10s, .nodelay = true}, finish);
+    auto up = co_await connect_upstream(client.context(), finish);
     if (!up) {
-      ++counts->upstream_unreachable;
       (void)co_await client.abort();  // the client sees the failure as a reset, not as an empty answer
       co_return rn::close_outcome::error;
     }
     const rn::relay_result r = co_await rn::relay(client, *up, options, finish);
     counts->count(r);
     co_return r.outcome();
+  }
+
+  // A numeric upstream is connected to directly; a named one through its cache and a race over
+  // the addresses. A failure is counted and, for a named upstream, reported with the upstream's
+  // name (what() of a lookup names the host, that of a race only the addresses).
+  template <class Token>
+  rn::task<rn::result<rn::stream>> connect_upstream(rn::io_context& ctx, Token finish) const {
+#if RINGNET_EXAMPLES_RESOLVER
+    if (!upstream->numeric) {
+      const rn::resolve_result found = co_await named->get(ctx, finish);
+      if (!found) {
+        ++counts->resolve_failed;
+        std::fprintf(stderr, "ringnet-proxy: upstream %s: %s\n", upstream->text.c_str(), found.what().c_str());
+        co_return found.error();
+      }
+      rn::connect_result up =
+          co_await rn::connect_any(ctx, *found, {.timeout = 10s, .attempt_delay = 250ms, .nodelay = true}, finish);
+      if (!up) {
+        ++counts->upstream_unreachable;
+        std::fprintf(stderr, "ringnet-proxy: upstream %s: %s\n", upstream->text.c_str(), up.what().c_str());
+      }
+      co_return std::move(up);
+    }
+#endif
+    auto up = co_await rn::connect(ctx, *upstream->numeric, {.timeout = 10s, .nodelay = true}, finish);
+    if (!up) ++counts->upstream_unreachable;
+    co_return up;
   }
 };
 
@@ -104,7 +180,8 @@ std::chrono::nanoseconds seconds(double s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::optional<rn::endpoint> at, upstream;
+  std::optional<cli::host_port> listen, upstream;
+  std::vector<rn::endpoint> dns_servers;
   double grace_s = 5, idle_s = 600, buffer = 1 << 20, max_connections = 0, first_byte_s = 0;
   rn::relay_path path = rn::relay_path::copy;
   for (int i = 1; i < argc; ++i) {
@@ -112,8 +189,9 @@ int main(int argc, char** argv) {
     if (cli::help_or_version(arg, "ringnet-proxy", help)) return 0;
     if (arg == "--splice") path = rn::relay_path::splice;
     else if (arg == "--copy") path = rn::relay_path::copy;
-    else if (auto l = cli::option(argc, argv, i, "--listen", usage)) at = cli::endpoint(*l, usage);
-    else if (auto u = cli::option(argc, argv, i, "--upstream", usage)) upstream = cli::endpoint(*u, usage);
+    else if (auto l = cli::option(argc, argv, i, "--listen", usage)) listen = cli::split_host_port(*l, usage);
+    else if (auto u = cli::option(argc, argv, i, "--upstream", usage)) upstream = cli::split_host_port(*u, usage);
+    else if (auto d = cli::option(argc, argv, i, "--dns-server", usage)) dns_servers.push_back(cli::endpoint(*d, usage));
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--idle-timeout", usage)) idle_s = cli::number(*t, usage, 0, 1e7);
     else if (auto b = cli::option(argc, argv, i, "--buffer", usage)) buffer = cli::number(*b, usage, 1, 1 << 30, true);
@@ -121,12 +199,17 @@ int main(int argc, char** argv) {
     else if (auto f = cli::option(argc, argv, i, "--first-byte-timeout", usage)) first_byte_s = cli::number(*f, usage, 0, 1e7);
     else cli::usage_error(usage, "unknown argument", argv[i]);
   }
-  if (!at) cli::usage_error(usage, "--listen is required");
+  if (!listen) cli::usage_error(usage, "--listen is required");
   if (!upstream) cli::usage_error(usage, "--upstream is required");
+#if !RINGNET_EXAMPLES_RESOLVER
+  if (!dns_servers.empty()) cli::usage_error(usage, "--dns-server needs the resolver (c-ares)");
+#endif
 
   try {
     rn::io_context ctx;
     rn::signal_set signals(ctx, {SIGINT, SIGTERM});
+    const std::optional<rn::endpoint> at = cli::listen_address(ctx, *listen);
+    if (!at) return 1;
     auto l = rn::listener::bind(ctx, *at, {.backlog = 4096});
     if (!l) {
       std::fprintf(stderr, "error: cannot listen on %s: %s\n", at->to_string().c_str(),
@@ -144,7 +227,13 @@ int main(int argc, char** argv) {
         .idle_timeout = cli::timeout_seconds(idle_s),
         .stop_grace = grace,
     };
-    rn::server srv(ctx, std::move(*l), proxy{*upstream, options, &counts},
+#if RINGNET_EXAMPLES_RESOLVER
+    upstream_cache named{.upstream = &*upstream, .lookup = {.servers = dns_servers}};
+    const proxy handler{&*upstream, &named, options, &counts};
+#else
+    const proxy handler{&*upstream, options, &counts};
+#endif
+    rn::server srv(ctx, std::move(*l), handler,
                    {.max_connections = static_cast<std::size_t>(max_connections),
                     .first_byte_timeout = cli::timeout_seconds(first_byte_s)});
     // Only SIGINT or SIGTERM asks for a shutdown; a failed wait is an error, reported as one
@@ -160,11 +249,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "ringnet-proxy: signal %d; shutdown in %lld ms: %zu finished, %zu reset, %zu errors; "
                  "relays: %zu, %zu clean, %zu reset, %zu timed out, %zu stopped, %zu failed; "
-                 "%zu upstream unreachable; %llu bytes up, %llu bytes down; ",
+                 "%zu upstream unreachable, %zu resolve failed; %llu bytes up, %llu bytes down; ",
                  *sig, static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(report.elapsed).count()),
                  report.finished, report.aborted, report.errors, counts.relays, counts.clean,
                  counts.reset, counts.timed_out, counts.stopped, counts.failed,
-                 counts.upstream_unreachable, static_cast<unsigned long long>(counts.bytes_up),
+                 counts.upstream_unreachable, counts.resolve_failed, static_cast<unsigned long long>(counts.bytes_up),
                  static_cast<unsigned long long>(counts.bytes_down));
     cli::print_connections(stderr, srv.counters());
     return 0;

@@ -69,7 +69,7 @@ bool answers(std::uint16_t port) {
 }
 
 // dnsmasq on 127.0.0.1, answering for .test from the records below only (no upstream, no
-// /etc/hosts): anything else is REFUSED. Ended by its PID when the test ends (and killed by the
+// /etc/hosts): anything else is REFUSED. Records without a TTL of their own have 300 s. Ended by its PID when the test ends (and killed by the
 // kernel if this process dies first).
 class dns_server {
  public:
@@ -104,7 +104,8 @@ class dns_server {
         "--listen-address=127.0.0.1", "--port=" + std::to_string(port_), "--local=/test/",
         "--host-record=a-only.test,127.0.0.1", "--host-record=v6-only.test,::1",
         "--host-record=both.test,127.0.0.1,::1", "--cname=alias.test,mid.test",
-        "--cname=mid.test,both.test"};
+        "--cname=mid.test,both.test", "--local-ttl=300", "--host-record=ttl.test,127.0.0.1,20",
+        "--host-record=ttl.test,::1,10", "--cname=ttl-alias.test,ttl.test,5"};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -412,6 +413,44 @@ TEST_CASE("resolve: NXDOMAIN and REFUSED are resolve_errc codes, and the text na
   CHECK(make_error_code(rn::resolve_errc::out_of_memory) == std::errc::not_enough_memory);
   CHECK(rn::classify(make_error_code(rn::resolve_errc::canceled)) == rn::error_kind::canceled);
   CHECK(make_error_code(rn::resolve_errc::not_found) != std::errc::timed_out);
+}
+
+TEST_CASE("resolve: ttl() is the smallest TTL of the records behind the answer") {
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  dns_server dns;
+  REQUIRE_DNSMASQ(dns);
+  rn::io_context ctx(test::context_options());
+  struct expectation {
+    const char* host;
+    rn::address_family family;
+    std::chrono::seconds ttl;
+  };
+  using rn::address_family;
+  const expectation cases[] = {
+      {"both.test", address_family::any, 300s},      // --local-ttl
+      {"ttl.test", address_family::v4, 20s},         // its A record
+      {"ttl.test", address_family::v6, 10s},         // its AAAA record
+      {"ttl.test", address_family::any, 10s},        // the smaller of both
+      {"ttl-alias.test", address_family::v4, 5s},    // the CNAME's, smaller than the A record's
+      {"alias.test", address_family::any, 300s},     // a chain of two CNAMEs, all at 300 s
+  };
+  for (const expectation& c : cases) {
+    INFO(c.host << " family " << static_cast<int>(c.family));
+    auto r = resolve_now(ctx, c.host, dns.options(c.family));
+    REQUIRE_MESSAGE(r, r.what());
+    CHECK(r.ttl() == c.ttl);
+  }
+  // Answered without DNS: they never expire. A failure has nothing to keep.
+  for (const char* host : {"127.0.0.1", "[::1]", "localhost"}) {
+    INFO(host);
+    auto r = resolve_now(ctx, host, dns.options());
+    REQUIRE_MESSAGE(r, r.what());
+    CHECK(r.ttl() == rn::resolve_result::forever);
+  }
+  auto nx = resolve_now(ctx, "nx.test", dns.options());
+  REQUIRE_FALSE(nx);
+  CHECK(nx.ttl() == 0s);
 }
 
 // A name /etc/hosts gives an IPv4 address (other than localhost), and that address.

@@ -72,6 +72,9 @@ def main():
           (["--listen", "127.0.0.1:0", "--grace", "nan"], "nan"),
           (["--listen", "127.0.0.1:0", "--grace", "inf"], "inf"),
           (["--listen", "nowhere"], "bad address"),
+          (["--listen", ":0"], "no host"),
+          (["--listen", "localhost:65536"], "port out of range"),
+          (["--listen", "[::1:0"], "unclosed bracket"),
           (["--listen", "127.0.0.1:0", "--shutdown", "maybe"], "bad choice"),
           (["--listen", "127.0.0.1:0", "--max-connections", "-1"], "negative limit"),
           (["--listen", "127.0.0.1:0", "--max-connections", "2.5"], "not whole"),
@@ -81,7 +84,7 @@ def main():
           (["--listen", "127.0.0.1:0", "--first-byte-timeout"], "missing value")])
     tool(proxy, "ringnet-proxy", version,
          ["--listen", "--upstream", "--copy", "--splice", "--idle-timeout", "--grace", "--buffer",
-          "--max-connections", "--first-byte-timeout"],
+          "--max-connections", "--first-byte-timeout", "--dns-server"],
          ["--listen"],
          [(["--listen", "127.0.0.1:0"], "missing --upstream"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--buffer", "0"], "buffer out of range"),
@@ -90,7 +93,14 @@ def main():
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--idle-timeout", "nan"], "nan"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--max-connections", "x"], "not a number"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--first-byte-timeout", "-1"],
-           "negative timeout")])
+           "negative timeout"),
+          (["--listen", "127.0.0.1:0", "--upstream", ":80"], "no host"),
+          (["--listen", "127.0.0.1:0", "--upstream", "up.test"], "no port"),
+          (["--listen", "127.0.0.1:0", "--upstream", "up.test:http"], "port not a number"),
+          (["--listen", "127.0.0.1:0", "--upstream", "::1:80"], "IPv6 without brackets"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server", "nowhere"], "not numeric"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server", "ns.test:53"], "a name"),
+          (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server"], "missing value")])
     print("%d failed" % len(failures))
     return 1 if failures else 0
 

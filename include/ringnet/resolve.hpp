@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -103,17 +104,27 @@ struct resolve_options {
 
 /// What resolve() returns: a result<std::vector<endpoint>> (every address, ports set, in
 /// c-ares's order of preference) which, on failure, also says in words what failed for which
-/// host: an error_code cannot carry the host's name.
+/// host: an error_code cannot carry the host's name. On success it also says how long the
+/// answer may be reused (ttl()).
 class resolve_result : public result<std::vector<endpoint>> {
  public:
-  resolve_result(std::vector<endpoint> found) noexcept  // NOLINT: implicit like result's
-      : result(std::move(found)) {}
+  /// The ttl() of an answer that never expires: a numeric host, localhost.
+  static constexpr std::chrono::seconds forever = std::chrono::seconds::max();
+
+  resolve_result(std::vector<endpoint> found, std::chrono::seconds ttl = forever) noexcept  // NOLINT: implicit like result's
+      : result(std::move(found)), ttl_(ttl) {}
   resolve_result(std::error_code ec, std::string what) noexcept
       : result(ec), what_(std::move(what)) {}
   /// On failure, e.g. `resolving "nx.example": host not found`; empty on success.
   [[nodiscard]] const std::string& what() const noexcept { return what_; }
+  /// How long the addresses may be reused: the smallest TTL of the DNS records they came from
+  /// (the address records and any CNAME leading to them); 0 for an entry of /etc/hosts (c-ares
+  /// gives those none) and on failure; `forever` for a numeric host and localhost. Seconds, as
+  /// DNS counts them; past it, ask again.
+  [[nodiscard]] std::chrono::seconds ttl() const noexcept { return ttl_; }
 
  private:
+  std::chrono::seconds ttl_{0};
   std::string what_;
 };
 
@@ -240,7 +251,17 @@ struct dns_answer {
   std::vector<endpoint> endpoints;
   std::error_code error;
   const char* detail = nullptr;  // c-ares's own words, for resolve_errc::other
+  std::chrono::seconds ttl{0};   // the smallest TTL of the records behind `endpoints`
 };
+
+// The smallest TTL of an answer's address records and of the CNAMEs that led to them (a negative
+// one, which c-ares passes on unchecked from the wire, as 0).
+inline std::chrono::seconds smallest_ttl(const ares_addrinfo& ai) noexcept {
+  int ttl = std::numeric_limits<int>::max();
+  for (const ares_addrinfo_node* n = ai.nodes; n; n = n->ai_next) ttl = std::min(ttl, n->ai_ttl);
+  for (const ares_addrinfo_cname* c = ai.cnames; c; c = c->next) ttl = std::min(ttl, c->ttl);
+  return std::chrono::seconds(std::max(ttl, 0));
+}
 
 // One ares_getaddrinfo in flight; hands its answer to sink.answer(dns_answer&&) (noexcept).
 template <class Sink>
@@ -269,6 +290,7 @@ struct dns_query {
             a.endpoints.push_back(*e);
         }
         if (a.endpoints.empty()) a.error = make_error_code(resolve_errc::no_data);
+        a.ttl = smallest_ttl(*ai);
       } catch (...) {  // bad_alloc: it must not unwind through c-ares
         a.endpoints.clear();
         a.error = make_error_code(resolve_errc::out_of_memory);
@@ -347,7 +369,7 @@ task<resolve_result> resolve_host(io_context& ctx, std::string host, std::uint16
   co_await run_lookups(ctx, host, port, options, std::move(families), sink, std::move(token));
   if (sink.got.error)
     co_return resolve_result(sink.got.error, describe_lookup_failure(host, sink.got.error, sink.got.detail));
-  co_return resolve_result(std::move(sink.got.endpoints));
+  co_return resolve_result(std::move(sink.got.endpoints), sink.got.ttl);
 }
 
 }  // namespace detail
