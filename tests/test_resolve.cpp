@@ -869,3 +869,35 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
     CHECK(test::sockets_on_port(both.port, port_side::remote, tcp_state::syn_sent) == 0);
   }
 }
+
+TEST_CASE("resolve: stopped or timed out with the A answer in and AAAA pending is canceled or timed_out") {
+  // Found by review: cancelling an AF_UNSPEC lookup whose A answer had arrived made c-ares report
+  // success with the A records, so a stopped or timed-out resolve() returned addresses.
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  slow_aaaa_server slow(3000ms);
+  rn::io_context ctx(test::context_options());
+  {
+    rn::inplace_stop_source stop;
+    auto body = [&]() -> rn::task<rn::resolve_result> {
+      auto stopper = [&]() -> rn::task<void> {
+        (void)co_await rn::sleep_for(ctx, 150ms);
+        stop.request_stop();
+      };
+      rn::spawn(ctx, stopper());
+      co_return co_await rn::resolve(ctx, "both.test", 80, slow.options(), stop.get_token());
+    };
+    const auto r = rn::sync_wait(ctx, body());
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::operation_canceled);
+  }
+  {
+    rn::resolve_options o = slow.options();
+    o.timeout = 300ms;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = rn::sync_wait(ctx, rn::resolve(ctx, "both.test", 80, o));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::timed_out);
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  }
+}

@@ -85,9 +85,9 @@ class connect_result : public result<stream> {
   connect_result(std::error_code ec, std::string what, std::vector<connect_attempt> attempts) noexcept
       : result(ec), attempts_(std::move(attempts)), what_(std::move(what)) {}
 
-  /// The endpoint connected to (a default endpoint on failure).
+  /// The endpoint connected to (a default endpoint on failure, or once moved from).
   [[nodiscard]] endpoint peer() const noexcept {
-    return has_value() ? attempts_[winner_].to : endpoint();
+    return has_value() && winner_ < attempts_.size() ? attempts_[winner_].to : endpoint();
   }
   /// Every attempt, in the order they started.
   [[nodiscard]] const std::vector<connect_attempt>& attempts() const noexcept { return attempts_; }

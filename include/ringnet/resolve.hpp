@@ -45,8 +45,10 @@ enum class resolve_errc {
   not_found = 1,   // the name does not exist (NXDOMAIN)
   no_data,         // it exists, without an address of the family asked for
   timed_out,       // no answer in time (compares equal to std::errc::timed_out)
-  server_failure,  // the server could not answer (SERVFAIL)
-  refused,         // the server refused the query (REFUSED), or could not be reached
+  server_failure,  // the server could not answer (ARES_ESERVFAIL; c-ares 1.18 reports a
+                   // SERVFAIL answer to ares_getaddrinfo as refused instead)
+  refused,         // the server refused the query (REFUSED) or answered SERVFAIL, or could not
+                   // be reached
   bad_name,        // not a host name (compares equal to std::errc::invalid_argument)
   canceled,        // stopped (compares equal to std::errc::operation_canceled)
   out_of_memory,   // compares equal to std::errc::not_enough_memory
@@ -269,7 +271,7 @@ struct dns_query {
   Sink* sink;
   int family;
   std::uint16_t port;
-  const std::error_code* ended_by;  // why the lookups were cancelled, for ARES_ECANCELLED
+  const std::error_code* ended_by;  // set when the lookups were stopped: then their answer
   bool done = false;
 
   static void on_done(void* arg, int status, int, ares_addrinfo* ai) noexcept {
@@ -280,7 +282,12 @@ struct dns_query {
     q.done = true;
     dns_answer a;
     a.family = q.family;
-    if (status == ARES_SUCCESS) {
+    if (*q.ended_by) {
+      // Stopped or timed out: that is the answer, whatever c-ares says. (Cancelling an AF_UNSPEC
+      // lookup whose A answer is in while AAAA is pending reports ARES_SUCCESS with the A records.)
+      if (ai) ::ares_freeaddrinfo(ai);
+      a.error = *q.ended_by;
+    } else if (status == ARES_SUCCESS) {
       try {
         for (const ares_addrinfo_node* n = ai->nodes; n; n = n->ai_next) {
           result<endpoint> e = endpoint::from_sockaddr(n->ai_addr, n->ai_addrlen);
@@ -296,8 +303,6 @@ struct dns_query {
         a.error = make_error_code(resolve_errc::out_of_memory);
       }
       ::ares_freeaddrinfo(ai);
-    } else if (status == ARES_ECANCELLED && *q.ended_by) {
-      a.error = *q.ended_by;
     } else {
       a.error = resolve_error_of(status);
       if (a.error == make_error_code(resolve_errc::other)) a.detail = ::ares_strerror(status);
