@@ -16,6 +16,7 @@
 #include <thread>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <string_view>
 
@@ -46,6 +47,29 @@ inline rn::io_context_options context_options(unsigned entries = 256) {
   return o;
 }
 
+// RINGNET_TEST_FAULTS set: the run is under fault injection (RINGNET_FAULT_RATE, in a build with
+// -Dfault_injection=true), where injected errors make ordinary checks fail (run with doctest's
+// --no-exitcode). What must hold whatever the kernel returns (no descriptor leaked, no byte lost
+// that the API reported delivered) then ends the run at once with a message instead.
+inline bool under_faults() {
+  static const bool on = std::getenv("RINGNET_TEST_FAULTS") != nullptr;
+  return on;
+}
+
+// A check that injected faults must not break: a failed CHECK normally, fatal under faults.
+inline void invariant(bool ok, const std::string& what,
+                      std::source_location where = std::source_location::current()) {
+  if (ok) return;
+  if (under_faults()) {
+    const auto* o = doctest::getContextOptions();
+    std::fprintf(stderr, "\nFAULT INVARIANT BROKEN at %s:%u in \"%s\": %s\n", where.file_name(),
+                 where.line(), o && o->currentTest ? o->currentTest->m_name : "?", what.c_str());
+    std::fflush(stderr);
+    std::_Exit(3);
+  }
+  ADD_FAIL_CHECK_AT(where.file_name(), static_cast<int>(where.line()), what);
+}
+
 inline int open_fds() {
   int n = 0;
   if (DIR* d = ::opendir("/proc/self/fd")) {
@@ -56,13 +80,22 @@ inline int open_fds() {
   return n - 1;  // the DIR itself
 }
 
-// Put one at the top of a test case: fails it if fds leaked.
+// Put one at the top of a test case: fails it if fds leaked. Under faults a leak is fatal, unless
+// a failed REQUIRE is unwinding the test (the test's own descriptors may be left open then).
 struct fd_leak_check {
   int before = open_fds();
+  int unwinding = std::uncaught_exceptions();
   fd_leak_check() = default;
   fd_leak_check(const fd_leak_check&) = delete;
   fd_leak_check& operator=(const fd_leak_check&) = delete;
-  ~fd_leak_check() { CHECK_MESSAGE(open_fds() == before, "file descriptors leaked"); }
+  ~fd_leak_check() {
+    const int now = open_fds();
+    if (std::uncaught_exceptions() == unwinding)
+      invariant(now == before, "file descriptors leaked: " + std::to_string(before) + " open before, " +
+                                   std::to_string(now) + " after");
+    else
+      CHECK_MESSAGE(now == before, "file descriptors leaked");
+  }
 };
 
 // Fails the whole run (std::_Exit(1)) if not destroyed within `limit`: a hang becomes a failure

@@ -162,6 +162,9 @@ TEST_CASE("drain: exact max_bytes then FIN is eof; on_data sees every byte") {
   CHECK(d.outcome == rn::drain_outcome::eof);
   CHECK(d.bytes == data.size());
   CHECK(got == data);
+  // Whatever ended it: on_data saw the bytes counted, in order, and all of them at EOF.
+  test::invariant(d.bytes == got.size() && data.starts_with(got), "drain lost or reordered bytes");
+  test::invariant(d.outcome != rn::drain_outcome::eof || got == data, "drain ended eof before the end");
   (void)rn::sync_wait(ctx, p.ours.close());
   ::close(p.peer);
 }

@@ -89,15 +89,27 @@ TEST_CASE("connect: IPv4 and IPv6 echo round trip with send_all/recv") {
       CHECK(s->remote_endpoint()->port() == peer.port);
       auto sent = co_await s->send_all(rn::buffer(msg));
       CHECK(sent.bytes == msg.size());
-      CHECK((co_await s->shutdown_write()).has_value());
+      const bool shut = (co_await s->shutdown_write()).has_value();
+      CHECK(shut);
       std::string back;
       char buf[4096];
+      bool eof = false;
       for (;;) {
         auto r = co_await s->recv(rn::buffer(buf), rn::never_stop_token{}, 10s);
-        REQUIRE(r);
-        if (*r == 0) break;
+        CHECK(r);
+        if (!r) break;
+        if (*r == 0) {
+          eof = true;
+          break;
+        }
         back.append(buf, *r);
       }
+      // Whatever failed on the way: the bytes send_all reported sent, then our FIN, came back
+      // whole and in order before the echo's EOF.
+      test::invariant(msg.starts_with(back), "the echo is not a prefix of what was sent");
+      test::invariant(!shut || !eof || back.size() == sent.bytes,
+                      "send_all reported " + std::to_string(sent.bytes) + " bytes sent, the echo has " +
+                          std::to_string(back.size()));
       CHECK((co_await s->close()).has_value());
       co_return back;
     };

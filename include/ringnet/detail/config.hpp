@@ -19,15 +19,26 @@
 #define RINGNET_DETAIL_FRAME_POOL 1
 #endif
 
+// Fault injection (detail/fault_injection.hpp): only where RINGNET_FAULT_INJECTION is defined
+// non-zero, as the meson option fault_injection does for the test programs.
+#if defined(RINGNET_FAULT_INJECTION) && RINGNET_FAULT_INJECTION
+#define RINGNET_DETAIL_FAULTS 1
+#endif
+
 // Vendoring: build with -DRINGNET_NAMESPACE=myproxy_net so two copies of ringnet can live in one
-// binary. The versioned inline namespace keeps the ABI of two versions apart as well, and of two
-// frame allocation schemes: a pooled frame must never be freed by an unpooled TU, or vice versa.
+// binary. The versioned inline namespace keeps the ABI of two versions apart as well, of two
+// frame allocation schemes (a pooled frame must never be freed by an unpooled TU, or vice versa),
+// and of the ring with and without fault injection (their layouts differ).
 #ifndef RINGNET_NAMESPACE
 #define RINGNET_NAMESPACE ringnet
 #endif
 #ifndef RINGNET_ABI_NAMESPACE
-#ifdef RINGNET_DETAIL_FRAME_POOL
+#if defined(RINGNET_DETAIL_FRAME_POOL) && defined(RINGNET_DETAIL_FAULTS)
+#define RINGNET_ABI_NAMESPACE v0_1_faults
+#elif defined(RINGNET_DETAIL_FRAME_POOL)
 #define RINGNET_ABI_NAMESPACE v0_1
+#elif defined(RINGNET_DETAIL_FAULTS)
+#define RINGNET_ABI_NAMESPACE v0_1_nopool_faults
 #else
 #define RINGNET_ABI_NAMESPACE v0_1_nopool
 #endif

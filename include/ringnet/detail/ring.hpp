@@ -10,6 +10,9 @@
 #include <ringnet/detail/completion.hpp>
 #include <ringnet/detail/config.hpp>
 #include <ringnet/detail/intrusive_list.hpp>
+#ifdef RINGNET_DETAIL_FAULTS
+#include <ringnet/detail/fault_injection.hpp>
+#endif
 
 #include <liburing.h>
 #include <sys/eventfd.h>
@@ -131,6 +134,9 @@ class ring {
   // `n` consecutive SQEs (for links). A full SQ is submitted first: nothing is ever dropped.
   io_uring_sqe* get_sqes(unsigned n) noexcept {
     RINGNET_ASSERT(owned_here(), "io_uring submission from a thread that does not own the ring");
+#ifdef RINGNET_DETAIL_FAULTS
+    if (faults_.sq_full()) submit_now();
+#endif
     while (io_uring_sq_space_left(&ring_) < n) submit_now();
     return next_sqe();
   }
@@ -212,6 +218,9 @@ class ring {
     if (!wake_armed_) arm_wake();
     const bool block = may_block && ready_.empty() && remote_.empty() &&
                        !(honour_stop && stop_requested());
+#ifdef RINGNET_DETAIL_FAULTS
+    faults_.rewrite(ring_);
+#endif
     const int r = block ? io_uring_submit_and_wait(&ring_, 1)
                         : io_uring_submit_and_get_events(&ring_);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME)
@@ -326,6 +335,9 @@ class ring {
   }
 
   void submit_now() noexcept {
+#ifdef RINGNET_DETAIL_FAULTS
+    faults_.rewrite(ring_);
+#endif
     int r;
     do {
       r = io_uring_submit(&ring_);
@@ -392,6 +404,9 @@ class ring {
       for (int spins = 0; (in_flight_ > 0 || wake_armed_) && spins < 100; ++spins) {
         __kernel_timespec ts{0, 50'000'000};
         io_uring_cqe* cqe = nullptr;
+#ifdef RINGNET_DETAIL_FAULTS
+        faults_.rewrite(ring_);
+#endif
         io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
         reap();
       }
@@ -439,6 +454,9 @@ class ring {
 
   std::function<void(std::exception_ptr)> exception_handler_;
   std::exception_ptr unhandled_;
+#ifdef RINGNET_DETAIL_FAULTS
+  fault_injector faults_;  // rewrites what is about to be submitted (see fault_injection.hpp)
+#endif
 };
 
 }  // namespace detail
