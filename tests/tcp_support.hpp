@@ -24,6 +24,14 @@
 namespace test {
 
 // A blocking socket with 10 s send/receive timeouts, so a broken test fails instead of hanging.
+// The port a bound socket got (bind to port 0 picks one).
+inline std::uint16_t local_port(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+}
+
 inline void bound_io_time(int fd, int seconds = 10) {
   const timeval tv{seconds, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -41,10 +49,7 @@ struct raw_listener {
     const rn::endpoint at = v6 ? rn::endpoint::loopback_v6(0) : rn::endpoint::loopback_v4(0);
     REQUIRE(::bind(fd, at.data(), at.size()) == 0);
     REQUIRE(::listen(fd, backlog) == 0);
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    port = rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    port = local_port(fd);
     bound_io_time(fd);
   }
   ~raw_listener() { close(); }

@@ -46,11 +46,9 @@ std::uint16_t free_udp_port() {
   REQUIRE(fd >= 0);
   const rn::endpoint any = rn::endpoint::loopback_v4(0);
   REQUIRE(::bind(fd, any.data(), any.size()) == 0);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  const std::uint16_t port = test::local_port(fd);
   ::close(fd);
-  return rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+  return port;
 }
 
 // Whether something answers a DNS query (A of a-only.test) on 127.0.0.1:port within 200 ms.
@@ -146,10 +144,7 @@ struct silent_server {
     REQUIRE(fd >= 0);
     const rn::endpoint any = rn::endpoint::loopback_v4(0);
     REQUIRE(::bind(fd, any.data(), any.size()) == 0);
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    port = rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    port = test::local_port(fd);
   }
   ~silent_server() { ::close(fd); }
   silent_server(const silent_server&) = delete;
@@ -174,10 +169,7 @@ struct tcp_listener {
     if (at.is_v6()) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     REQUIRE(::bind(fd, at.data(), at.size()) == 0);
     REQUIRE(::listen(fd, backlog) == 0);
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    port = rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    port = test::local_port(fd);
   }
   ~tcp_listener() { ::close(fd); }
   tcp_listener(const tcp_listener&) = delete;
@@ -251,10 +243,7 @@ class slow_aaaa_server {
     REQUIRE(fd_ >= 0);
     const rn::endpoint any = rn::endpoint::loopback_v4(0);
     REQUIRE(::bind(fd_, any.data(), any.size()) == 0);
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-    port_ = rn::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    port_ = test::local_port(fd_);
     thread_ = std::thread([this] { serve(); });
   }
   ~slow_aaaa_server() {
@@ -870,34 +859,28 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
   }
 }
 
-TEST_CASE("resolve: stopped or timed out with the A answer in and AAAA pending is canceled or timed_out") {
+TEST_CASE("resolve: stopped with the A answer in and AAAA pending is canceled") {
   // Found by review: cancelling an AF_UNSPEC lookup whose A answer had arrived made c-ares report
-  // success with the A records, so a stopped or timed-out resolve() returned addresses.
+  // success with the A records, so a stopped resolve() returned addresses. (Our own timeout ends
+  // the lookup the same way, through the same path; it is not tested here because c-ares's own
+  // last try, sized to end with it, may legitimately finish first with the A records alone.)
   test::watchdog wd(30s);
   test::fd_leak_check fds;
   slow_aaaa_server slow(3000ms);
   rn::io_context ctx(test::context_options());
-  {
-    rn::inplace_stop_source stop;
-    auto body = [&]() -> rn::task<rn::resolve_result> {
-      auto stopper = [&]() -> rn::task<void> {
-        (void)co_await rn::sleep_for(ctx, 150ms);
-        stop.request_stop();
-      };
-      rn::spawn(ctx, stopper());
-      co_return co_await rn::resolve(ctx, "both.test", 80, slow.options(), stop.get_token());
+  rn::inplace_stop_source stop;
+  auto body = [&]() -> rn::task<rn::resolve_result> {
+    auto stopper = [&]() -> rn::task<void> {
+      (void)co_await rn::sleep_for(ctx, 150ms);
+      stop.request_stop();
     };
-    const auto r = rn::sync_wait(ctx, body());
-    REQUIRE_FALSE(r);
-    CHECK(r.error() == std::errc::operation_canceled);
-  }
-  {
-    rn::resolve_options o = slow.options();
-    o.timeout = 300ms;
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto r = rn::sync_wait(ctx, rn::resolve(ctx, "both.test", 80, o));
-    REQUIRE_FALSE(r);
-    CHECK(r.error() == std::errc::timed_out);
-    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
-  }
+    rn::spawn(ctx, stopper());
+    co_return co_await rn::resolve(ctx, "both.test", 80, slow.options(), stop.get_token());
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = rn::sync_wait(ctx, body());
+  const auto took = std::chrono::steady_clock::now() - t0;
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == std::errc::operation_canceled);
+  CHECK(took < 1s);
 }
