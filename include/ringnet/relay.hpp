@@ -122,7 +122,8 @@ struct relay_result {
 namespace detail {
 
 // What a recv moved, and whether the socket still holds more: IORING_CQE_F_SOCK_NONEMPTY, which
-// kernels before 5.19 never set (every recv then looks like it drained the socket).
+// a kernel that does not report it never sets (every recv then looks like it drained the socket,
+// and the next one waits for readability first: slower, never wrong).
 struct recv_progress {
   std::size_t bytes;
   bool more_queued;
