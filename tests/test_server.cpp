@@ -395,6 +395,10 @@ TEST_CASE("server: at RLIMIT_NOFILE accepting backs off and resumes; every clien
         co_await test::echo(s, finish);
       };
       rn::server srv(ctx, std::move(*l), slow_echo);
+      // UBSan checks an object's dynamic type through a pipe the first time it meets that type;
+      // at the descriptor limit it has none and reports a false error. So the error categories
+      // (compared whenever an error is classified) are met once here, before the limit.
+      CHECK(rn::classify(rn::errno_code(EMFILE)) == rn::error_kind::other);
       const rlimit tight{static_cast<rlim_t>(test::open_fds() + 4), static_cast<rlim_t>(test::open_fds() + 4)};
       ::setrlimit(RLIMIT_NOFILE, &tight);
       const std::uint16_t port = srv.local_endpoint()->port();
