@@ -613,7 +613,7 @@ TEST_CASE("connect_any: IPv6 refused falls over to IPv4 at once") {
   CHECK(r.peer() == eps[1]);
   REQUIRE(r.attempts().size() == 2);
   CHECK(r.attempts()[0].error == std::errc::connection_refused);
-  CHECK(took < 150ms);
+  CHECK(took < 200ms);  // "at once": well before the 250 ms attempt delay
   MESSAGE("IPv6 refused: connected over IPv4 after " << test::ms(took) << " ms");
 }
 
@@ -822,8 +822,10 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
   test::fd_leak_check fds;
   rn::io_context ctx(test::context_options());
 
+  // The delays leave wide margins: on a loaded machine (sanitizers, CI) the DNS thread and the
+  // ring may run late by tens of milliseconds.
   SUBCASE("AAAA within the resolution delay: IPv6 goes first") {
-    slow_aaaa_server dns(20ms);
+    slow_aaaa_server dns(5ms);
     dual_listeners both(false);
     auto r = rn::sync_wait(ctx, rn::connect(ctx, "any.name", both.port, {.lookup = dns.options()}));
     REQUIRE_MESSAGE(r, r.what());
@@ -831,7 +833,7 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
     CHECK(r.peer() == rn::endpoint::loopback_v6(both.port));
   }
   SUBCASE("AAAA later than the resolution delay: IPv4 starts after it") {
-    slow_aaaa_server dns(400ms);
+    slow_aaaa_server dns(1500ms);
     dual_listeners both(false);
     const auto t0 = std::chrono::steady_clock::now();
     auto r = rn::sync_wait(ctx, rn::connect(ctx, "any.name", both.port, {.lookup = dns.options()}));
@@ -840,12 +842,12 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
     REQUIRE(r.attempts().size() == 1);
     CHECK(r.peer() == rn::endpoint::loopback_v4(both.port));
     CHECK(r.attempts()[0].started_after >= 45ms);
-    CHECK(r.attempts()[0].started_after < 300ms);
-    CHECK(took < 400ms);  // it did not wait for the AAAA answer
+    CHECK(r.attempts()[0].started_after < 1000ms);
+    CHECK(took < 1500ms);  // it did not wait for the AAAA answer
     MESSAGE("A only: first attempt after " << test::ms(r.attempts()[0].started_after) << " ms");
   }
   SUBCASE("an AAAA answer that comes while IPv4 hangs joins the race and wins") {
-    slow_aaaa_server dns(150ms);
+    slow_aaaa_server dns(1000ms);
     dual_listeners both(false, true);
     auto r = rn::sync_wait(ctx, rn::connect(ctx, "any.name", both.port, {.lookup = dns.options()}));
     REQUIRE_MESSAGE(r, r.what());
@@ -853,8 +855,8 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
     CHECK(r.attempts()[0].to == rn::endpoint::loopback_v4(both.port));
     CHECK(r.attempts()[0].error == std::errc::operation_canceled);
     CHECK(r.peer() == rn::endpoint::loopback_v6(both.port));
-    CHECK(r.attempts()[1].started_after >= 280ms);  // 50 ms resolution delay + 250 ms attempt delay
-    CHECK(r.attempts()[1].started_after < 1s);
+    CHECK(r.attempts()[1].started_after >= 950ms);  // when the AAAA answer came
+    CHECK(r.attempts()[1].started_after < 3s);
     CHECK(test::sockets_on_port(both.port, port_side::remote, tcp_state::syn_sent) == 0);
   }
 }
