@@ -261,24 +261,25 @@ class PeakRss(threading.Thread):
 TCP_LISTEN, TCP_TIME_WAIT = "0A", "06"
 
 
-def proxy_conns(port, up):
-    """TCP sockets a process still holds (inode != 0: not an orphan, not TIME_WAIT) on either side
-    of a proxy: accepted on the listening port, or connected to the upstream port."""
-    lp, rp = ":%04X" % port, ":%04X" % up
-    n = 0
+def tcp_sockets():
+    """The fields of every row of /proc/net/tcp and /proc/net/tcp6 (local, remote, state, ...)."""
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
                 next(f)
-                for line in f:
-                    p = line.split()
-                    if p[3] in (TCP_LISTEN, TCP_TIME_WAIT) or p[9] == "0":
-                        continue
-                    if p[1].endswith(lp) or p[2].endswith(rp):
-                        n += 1
-        except (OSError, StopIteration, IndexError):
-            pass
-    return n
+                rows = [line.split() for line in f]
+        except (OSError, StopIteration):
+            continue
+        yield from (p for p in rows if len(p) > 9)
+
+
+def proxy_conns(port, up):
+    """TCP sockets a process still holds (inode != 0: not an orphan, not TIME_WAIT) on either side
+    of a proxy: accepted on the listening port, or connected to the upstream port."""
+    lp, rp = ":%04X" % port, ":%04X" % up
+    return sum(1 for p in tcp_sockets()
+               if p[3] not in (TCP_LISTEN, TCP_TIME_WAIT) and p[9] != "0"
+               and (p[1].endswith(lp) or p[2].endswith(rp)))
 
 
 def port_listening(port):
@@ -288,17 +289,8 @@ def port_listening(port):
     want = ":%04X" % port
     addrs = ("0100007F", "00000000", "00000000000000000000000000000000",
              "0000000000000000FFFF00000100007F")
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    p = line.split()
-                    if p[3] == "0A" and p[1].endswith(want) and p[1].split(":")[0] in addrs:
-                        return True
-        except (OSError, StopIteration):
-            pass
-    return False
+    return any(p[3] == TCP_LISTEN and p[1].endswith(want) and p[1].split(":")[0] in addrs
+               for p in tcp_sockets())
 
 
 def port_free(port):
