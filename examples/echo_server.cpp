@@ -1,21 +1,18 @@
 // ringnet-echo: the lifecycle echo server of the benchmark protocol (README, "Benchmarks").
 //
-//   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--max-connections N]
+//   ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--pin-threads] [--max-connections N]
 //                [--idle-timeout SECONDS] [--first-byte-timeout SECONDS]
 //
 // Echoes every byte as it arrives; after the client's FIN it finishes sending, half-closes and
 // closes (nothing unread, so never an RST). SIGINT/SIGTERM: stop accepting, let connections
-// finish within the grace period, reset the rest, exit 0. With --threads N, N rings each with
-// their own SO_REUSEPORT listener (thread per core, shared nothing).
+// finish within the grace period, reset the rest, exit 0. With --threads N, rn::threaded_server:
+// N rings each with their own SO_REUSEPORT listener (thread per core, shared nothing).
 #include <ringnet/ringnet.hpp>
 
 #include <array>
 #include <system_error>
 #include <chrono>
 #include <cstdio>
-#include <memory>
-#include <thread>
-#include <vector>
 
 #include "cli.hpp"
 
@@ -25,7 +22,7 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr const char* usage =
-    "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--shutdown syscall|io_uring] "
+    "ringnet-echo --listen HOST:PORT [--grace SECONDS] [--threads N] [--pin-threads] [--shutdown syscall|io_uring] "
     "[--max-connections N] [--idle-timeout SECONDS] [--first-byte-timeout SECONDS]";
 constexpr const char* help =
     "usage: ringnet-echo --listen HOST:PORT [options]\n"
@@ -43,6 +40,7 @@ constexpr const char* help =
     "  --grace SECONDS           shutdown grace period, 0..86400 (default 5)\n"
     "  --threads N               rings, one thread each with its own SO_REUSEPORT listener,\n"
     "                            1..256 (default 1)\n"
+    "  --pin-threads             pin server thread i to the i-th CPU this process may run on\n"
     "  --shutdown syscall|io_uring\n"
     "                            how the FIN is sent: shutdown(2) or IORING_OP_SHUTDOWN\n"
     "                            (default syscall, measured cheaper)\n"
@@ -61,32 +59,21 @@ constexpr const char* help =
 
 // One multishot recv per connection, into buffers shared by every connection of the thread.
 struct echo {
-  rn::buffer_ring* bufs;
-  rn::task<void> operator()(rn::stream& s, rn::inplace_stop_token finish) const {
+  rn::buffer_ring bufs;
+  rn::task<void> operator()(rn::stream& s, rn::inplace_stop_token finish) {
     for (;;) {
-      auto data = co_await s.receive(*bufs, finish);
+      auto data = co_await s.receive(bufs, finish);
       if (!data || data->size() == 0) co_return;  // EOF, error or shutdown: the server closes
       if (!co_await s.send_all(data->data(), finish)) co_return;
     }
   }
 };
 
-struct worker {
-  rn::io_context ctx;
-  rn::listener listener;
-  rn::connection_counters counters{};
-  rn::shutdown_report report{};
-};
-
-rn::task<void> serve(worker& w, rn::inplace_stop_token quit, std::chrono::nanoseconds grace,
-                     rn::server_options options) {
-  auto bufs = rn::buffer_ring::create(w.ctx, 1024, 16 * 1024);
+// Each server thread's handler, made on that thread for its own ring.
+echo make_echo(rn::io_context& ctx) {
+  auto bufs = rn::buffer_ring::create(ctx, 1024, 16 * 1024);
   if (!bufs) throw std::system_error(bufs.error(), "buffer ring");
-  rn::server srv(w.ctx, std::move(w.listener), echo{&*bufs}, options);
-  rn::spawn(w.ctx, srv.run());
-  (void)co_await rn::sleep_for(w.ctx, std::chrono::hours(24 * 365 * 100), quit);  // until told
-  w.report = co_await srv.shutdown(grace);
-  w.counters = srv.counters();
+  return echo{std::move(*bufs)};
 }
 
 }  // namespace
@@ -95,6 +82,7 @@ int main(int argc, char** argv) {
   std::optional<cli::host_port> listen;
   double grace_s = 5;
   double threads = 1;
+  bool pin_threads = false;
   auto how = rn::shutdown_method::syscall;  // measured cheaper than IORING_OP_SHUTDOWN (README)
   double max_connections = 0, idle_s = 0, first_byte_s = 0;
   for (int i = 1; i < argc; ++i) {
@@ -102,6 +90,7 @@ int main(int argc, char** argv) {
     if (auto v = cli::option(argc, argv, i, "--listen", usage)) listen = cli::split_host_port(*v, usage);
     else if (auto g = cli::option(argc, argv, i, "--grace", usage)) grace_s = cli::number(*g, usage, 0, 86400);
     else if (auto t = cli::option(argc, argv, i, "--threads", usage)) threads = cli::number(*t, usage, 1, 256, true);
+    else if (std::string_view(argv[i]) == "--pin-threads") pin_threads = true;
     else if (auto m = cli::option(argc, argv, i, "--shutdown", usage)) {
       if (*m == "io_uring") how = rn::shutdown_method::io_uring;
       else if (*m != "syscall") cli::usage_error(usage, "--shutdown takes syscall or io_uring");
@@ -128,45 +117,25 @@ int main(int argc, char** argv) {
     std::optional<rn::endpoint> at = cli::listen_address(signal_ctx, *listen);
     if (!at) return 1;
 
-    std::vector<std::unique_ptr<worker>> workers;
-    const auto n = static_cast<int>(threads);
-    for (int i = 0; i < n; ++i) {
-      workers.push_back(std::make_unique<worker>());
-      // Created here, run on its own thread: the ring binds to the thread that first runs it.
-      auto l = rn::listener::bind(workers.back()->ctx, *at, {.backlog = 4096, .reuse_port = n > 1});
-      if (!l) {
-        std::fprintf(stderr, "error: cannot listen on %s: %s\n", at->to_string().c_str(),
-                     l.error().message().c_str());
-        return 1;
-      }
-      at = *l->local_endpoint();  // port 0: the others join the port the first one got
-      workers.back()->listener = std::move(*l);
+    const rn::threaded_server_options threaded{
+        .threads = static_cast<unsigned>(threads), .pin_threads = pin_threads, .listen = {.backlog = 4096}, .server = options};
+    auto srv = rn::threaded_server<decltype(&make_echo)>::start(*at, &make_echo, threaded);
+    if (!srv) {
+      std::fprintf(stderr, "error: cannot listen on %s: %s\n", at->to_string().c_str(),
+                   srv.error().message().c_str());
+      return 1;
     }
-    std::printf("listening on %s\n", at->to_string().c_str());
+    std::printf("listening on %s\n", srv->local_endpoint().to_string().c_str());
     std::fflush(stdout);
 
-    rn::inplace_stop_source quit;
-    const auto grace = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s));
-    std::vector<std::jthread> threads_running;
-    for (auto& w : workers) {
-      threads_running.emplace_back([&w = *w, &quit, grace, options] {
-        rn::sync_wait(w.ctx, serve(w, quit.get_token(), grace, options));
-      });
-    }
     const auto sig = rn::sync_wait(signal_ctx, signals.wait());
     // Only SIGINT or SIGTERM asks for a shutdown; a failed wait is an error, reported as one
     // after the same graceful shutdown.
     if (!sig) std::fprintf(stderr, "error: waiting for signals: %s\n", sig.error().message().c_str());
-    quit.request_stop();
-    threads_running.clear();  // joins: every worker finished its graceful shutdown
+    const auto grace = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s));
+    const rn::shutdown_report total = srv->shutdown(grace);
     if (!sig) return 1;
-
-    rn::shutdown_report total{};
-    rn::connection_counters c{};
-    for (auto& w : workers) {
-      total += w->report;
-      c += w->counters;
-    }
+    const rn::connection_counters c = srv->counters();
     std::fprintf(stderr, "ringnet-echo: signal %d; shutdown: %zu finished, %zu reset, %zu errors; ",
                  *sig, total.finished, total.aborted, total.errors);
     cli::print_connections(stderr, c);

@@ -17,6 +17,7 @@
 #include <ringnet/stop_token.hpp>
 #include <ringnet/stream.hpp>
 #include <ringnet/task.hpp>
+#include <ringnet/threaded_server.hpp>
 #include <ringnet/timer.hpp>
 #include <ringnet/when_all.hpp>
 #include <ringnet/when_any.hpp>
