@@ -223,6 +223,26 @@ TEST_CASE("threaded_server: failures at start leave nothing running and nothing 
     CHECK(srv.error() == std::errc::address_in_use);
     CHECK(log.made_on.empty());
   }
+  SUBCASE("with several threads a fixed port another server listens on is taken, SO_REUSEPORT or not") {
+    auto first = echo_server::start(rn::endpoint::loopback_v4(0), make_echo(log), options(2));
+    REQUIRE(first);
+    for (unsigned n : {1u, 2u}) {
+      auto second = echo_server::start(first->local_endpoint(), make_echo(log), options(n));
+      REQUIRE_FALSE(second);
+      CHECK(second.error() == std::errc::address_in_use);
+    }
+    (void)first->shutdown(1s);
+  }
+  SUBCASE("a fixed free port serves on every thread") {
+    test::raw_listener probe;
+    const rn::endpoint at = probe.endpoint();
+    probe.close();
+    auto srv = echo_server::start(at, make_echo(log), options(2));
+    REQUIRE(srv);
+    CHECK(srv->local_endpoint().port() == at.port());
+    CHECK(exchange(at, "fixed") == "fixed");
+    (void)srv->shutdown(1s);
+  }
   SUBCASE("a handler cannot be made on one thread: the others stop, the error reaches start()") {
     std::atomic<int> calls{0};
     auto make = [&](rn::io_context& ctx) {
@@ -283,6 +303,29 @@ TEST_CASE("threaded_server: a handler calling shutdown() on its own server gets 
   CHECK(exchange(srv->local_endpoint(), "hello") == "hello");
   CHECK(refused == 1);
   (void)srv->shutdown(1s);
+}
+
+TEST_CASE("threaded_server: make_handler is called one call at a time; shutdown from two threads at once") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  thread_log log;
+  int made = 0;  // no atomic: the calls must not overlap (TSan watches this)
+  auto make = [&, inner = make_echo(log)](rn::io_context& ctx) mutable {
+    ++made;
+    return inner(ctx);
+  };
+  auto srv = rn::threaded_server<decltype(make)>::start(rn::endpoint::loopback_v4(0), make, options(4));
+  REQUIRE(srv);
+  CHECK(made == 4);
+  CHECK(exchange(srv->local_endpoint(), "hello") == "hello");
+  rn::shutdown_report reports[2];
+  {
+    std::jthread a([&] { reports[0] = srv->shutdown(1s); });
+    std::jthread b([&] { reports[1] = srv->shutdown(1s); });
+  }
+  CHECK(reports[0].finished == reports[1].finished);
+  CHECK(reports[0].elapsed == reports[1].elapsed);
+  CHECK(srv->counters().accepted == 1);
 }
 
 // The teardown matrix: how the server ends × what clients it has × threads.

@@ -18,6 +18,8 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,6 +28,7 @@
 #include <exception>
 #include <latch>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <system_error>
 #include <thread>
@@ -42,14 +45,20 @@ struct threaded_server_options {
   bool pin_threads = false;
   /// For every listener; reuse_port is set whenever threads > 1.
   listen_options listen{.backlog = 4096};
+  /// For each thread's server: max_connections and the counters are per thread.
   server_options server{};
   io_context_options context{};
 };
 
-/// Runs rn::server on `threads` threads. `make_handler(io_context&)` is called once on each
-/// thread, on that thread, before it accepts: what it returns is that thread's handler (per-thread
-/// state such as a buffer_ring lives in it). Movable; shut down before destruction, or the
-/// destructor shuts down with no grace (open connections are reset).
+/// Runs rn::server on `threads` threads. `make_handler(io_context&)` is called once for each
+/// thread, on that thread, one call at a time, before it accepts: what it returns is that thread's
+/// handler (per-thread state such as a buffer_ring lives in it). Handlers must honour their stop
+/// token (as for rn::server): shutdown waits for every connection's task.
+///
+/// Movable. Destroying or move-assigning it shuts down with no grace (open connections are reset)
+/// and drops what an exception ended a thread with; doing so on one of its own threads is a
+/// contract violation (a thread cannot wait for itself to end). A moved-from object may only be
+/// destroyed or assigned to.
 template <class MakeHandler>
   requires std::invocable<MakeHandler&, io_context&>
 class threaded_server {
@@ -57,14 +66,21 @@ class threaded_server {
 
  public:
   /// Binds one listener per thread on `at` (port 0: the port the first one got, for all), starts
-  /// the threads and returns once each of them made its handler and accepts. A bind error is
-  /// returned (no thread started); an exception of make_handler, or a failed pinning, stops the
-  /// threads already running and is rethrown here.
+  /// the threads and returns once each of them made its handler and accepts. A bind error (with
+  /// threads > 1 also a fixed port someone else listens on) is returned, no thread started; so is
+  /// a thread that cannot be created, after those already running stopped. An exception of
+  /// make_handler, or a failed pinning, stops the threads already running and is rethrown here.
   static result<threaded_server> start(const endpoint& at, MakeHandler make_handler,
                                        threaded_server_options opts = {}) {
     if (opts.threads == 0) return std::make_error_code(std::errc::invalid_argument);
     auto st = std::make_unique<state>(std::move(make_handler), opts);
-    if (opts.threads > 1) st->opts.listen.reuse_port = true;
+    if (opts.threads > 1) {
+      st->opts.listen.reuse_port = true;
+      // SO_REUSEPORT would let these listeners join one that another server (of this user)
+      // already has on a fixed port, and share its connections: that port counts as taken.
+      if (at.port() != 0)
+        if (std::error_code e = port_taken(at)) return e;
+    }
     endpoint local = at;
     for (unsigned i = 0; i < opts.threads; ++i) {
       auto w = std::make_unique<worker>(opts.context);
@@ -83,18 +99,31 @@ class threaded_server {
     std::vector<int> cpus;
     if (opts.pin_threads) cpus = allowed_cpus();
     std::latch ready(static_cast<std::ptrdiff_t>(opts.threads));
-    for (std::size_t i = 0; i < st->workers.size(); ++i) {
-      const int cpu = cpus.empty() ? -1 : cpus[i % cpus.size()];
-      st->workers[i]->thread = std::thread([s = st.get(), w = st->workers[i].get(), cpu, &ready] {
-        s->run(*w, cpu, ready);
-      });
+    std::size_t started = 0;
+    std::error_code spawn_error;
+    st->thread_ids.reserve(st->workers.size());
+    for (; started < st->workers.size(); ++started) {
+      worker& w = *st->workers[started];
+      const int cpu = cpus.empty() ? -1 : cpus[started % cpus.size()];
+      try {
+        w.thread = std::thread([s = st.get(), &w, cpu, &ready] { s->run(w, cpu, ready); });
+      } catch (const std::system_error& e) {  // out of threads or memory
+        spawn_error = e.code();
+        break;
+      }
+      st->thread_ids.push_back(w.thread.get_id());
     }
+    // Threads that never started count themselves out; their listeners close with them.
+    ready.count_down(static_cast<std::ptrdiff_t>(st->workers.size() - started));
     ready.wait();
+    if (spawn_error) {
+      st->stop(std::chrono::nanoseconds::zero());
+      return spawn_error;
+    }
     for (auto& w : st->workers) {
-      if (w->error) {
-        const std::exception_ptr e = w->error;
+      if (w->start_error) {
         st->stop(std::chrono::nanoseconds::zero());
-        std::rethrow_exception(e);
+        std::rethrow_exception(w->start_error);
       }
     }
     return threaded_server(std::move(st));
@@ -103,44 +132,47 @@ class threaded_server {
   threaded_server(threaded_server&&) noexcept = default;
   threaded_server& operator=(threaded_server&& o) noexcept {
     if (this != &o) {
-      if (st_) st_->stop(std::chrono::nanoseconds::zero());
+      if (st_) st_->stop_noexcept();
       st_ = std::move(o.st_);
     }
     return *this;
   }
   ~threaded_server() {
-    if (st_) st_->stop(std::chrono::nanoseconds::zero());
+    if (st_) st_->stop_noexcept();
   }
 
   /// The address every listener is bound to (the port found for port 0).
-  [[nodiscard]] const endpoint& local_endpoint() const noexcept { return st_->local; }
-  [[nodiscard]] unsigned threads() const noexcept { return static_cast<unsigned>(st_->workers.size()); }
+  [[nodiscard]] const endpoint& local_endpoint() const noexcept { return live().local; }
+  [[nodiscard]] unsigned threads() const noexcept { return static_cast<unsigned>(live().workers.size()); }
 
   /// Stops accepting on every thread, asks every connection to finish, waits up to `grace`,
   /// resets the rest, and joins the threads: rn::server::shutdown on each, at once. Blocks; call
   /// it from a thread that is not one of the server's (a handler calling it would wait for
-  /// itself: resource_deadlock_would_occur is thrown). A second call returns the first's report.
-  /// Rethrows an exception that ended a thread early (its connections are counted as they ended).
+  /// itself: resource_deadlock_would_occur is thrown). Calls from several threads wait for the
+  /// first; later calls return its report. An exception a thread's loop ended with (a spawned
+  /// task's, left unhandled) is rethrown once, by the call that joined it; the next call returns
+  /// the report.
   shutdown_report shutdown(std::chrono::nanoseconds grace) {
-    st_->stop(grace);
-    for (auto& w : st_->workers)
+    state& st = live();
+    st.stop(grace);
+    for (auto& w : st.workers)
       if (w->error) std::rethrow_exception(std::exchange(w->error, nullptr));
-    return st_->report;
+    return st.report;
   }
 
   /// After shutdown(): how the connections of all threads ended, summed (max_active: the sum of
   /// each thread's most at once).
   [[nodiscard]] connection_counters counters() const noexcept {
-    RINGNET_ASSERT(st_->stopped, "threaded_server::counters() before shutdown()");
+    RINGNET_ASSERT(live().stopped, "threaded_server::counters() before shutdown()");
     connection_counters sum{};
-    for (const auto& w : st_->workers) sum += w->counters;
+    for (const auto& w : live().workers) sum += w->counters;
     return sum;
   }
   /// After shutdown(): thread i's counters (which threads the kernel's hash gave connections to).
   [[nodiscard]] const connection_counters& counters_of_thread(unsigned i) const noexcept {
-    RINGNET_ASSERT(st_->stopped, "threaded_server::counters_of_thread() before shutdown()");
-    RINGNET_ASSERT(i < st_->workers.size(), "threaded_server::counters_of_thread(): no such thread");
-    return st_->workers[i]->counters;
+    RINGNET_ASSERT(live().stopped, "threaded_server::counters_of_thread() before shutdown()");
+    RINGNET_ASSERT(i < live().workers.size(), "threaded_server::counters_of_thread(): no such thread");
+    return live().workers[i]->counters;
   }
 
  private:
@@ -149,7 +181,8 @@ class threaded_server {
     std::optional<io_context> ctx;  // destroyed on the thread that ran it
     listener l;
     std::thread thread;
-    std::exception_ptr error;
+    std::exception_ptr start_error;  // before it accepted: read by start() after the latch
+    std::exception_ptr error;        // afterwards: read after the thread was joined
     connection_counters counters{};
     shutdown_report report{};
   };
@@ -160,8 +193,11 @@ class threaded_server {
     threaded_server_options opts;
     endpoint local;
     std::vector<std::unique_ptr<worker>> workers;
+    std::vector<std::thread::id> thread_ids;  // fixed at start: read without racing a join
     inplace_stop_source quit;
     std::atomic<std::chrono::nanoseconds::rep> grace{0};
+    std::mutex make_mutex;  // make_handler is called one call at a time
+    std::mutex stop_mutex;  // shutdown() from several threads: one joins, the others wait
     bool stopped = false;
     shutdown_report report{};
 
@@ -171,16 +207,19 @@ class threaded_server {
         if (cpu >= 0) pin_to(cpu);
         sync_wait(*w.ctx, serve(w, ready, counted));
       } catch (...) {
-        w.error = std::current_exception();
+        (counted ? w.error : w.start_error) = std::current_exception();
       }
       w.l = listener{};  // a thread that failed early must not keep connections in its backlog
       w.ctx.reset();
-      if (!counted) ready.count_down();
+      if (!counted) ready.count_down();  // `ready` may be gone after this
     }
 
     task<void> serve(worker& w, std::latch& ready, bool& counted) {
       io_context& ctx = *w.ctx;
-      server srv(ctx, std::move(w.l), make(ctx), opts.server);
+      std::unique_lock made(make_mutex);
+      handler_type h = make(ctx);
+      made.unlock();
+      server srv(ctx, std::move(w.l), std::move(h), opts.server);
       spawn(ctx, srv.run());
       counted = true;
       ready.count_down();  // `ready` may be gone after this
@@ -189,12 +228,18 @@ class threaded_server {
       w.counters = srv.counters();
     }
 
+    [[nodiscard]] bool on_own_thread() const noexcept {
+      for (const std::thread::id id : thread_ids)
+        if (id == std::this_thread::get_id()) return true;
+      return false;
+    }
+
     void stop(std::chrono::nanoseconds g) {
-      for (const auto& w : workers)
-        if (w->thread.get_id() == std::this_thread::get_id())
-          RINGNET_THROW(std::system_error(
-              std::make_error_code(std::errc::resource_deadlock_would_occur),
-              "ringnet: threaded_server shut down from one of its own threads"));
+      if (on_own_thread())
+        RINGNET_THROW(std::system_error(
+            std::make_error_code(std::errc::resource_deadlock_would_occur),
+            "ringnet: threaded_server shut down from one of its own threads"));
+      std::lock_guard lock(stop_mutex);
       if (stopped) return;
       grace.store(g.count(), std::memory_order_release);
       quit.request_stop();
@@ -204,7 +249,25 @@ class threaded_server {
       }
       stopped = true;
     }
+    void stop_noexcept() noexcept {
+      if (on_own_thread())
+        detail::contract_violation("rn::threaded_server destroyed or assigned on one of its own threads",
+                           __FILE__, __LINE__);
+      stop(std::chrono::nanoseconds::zero());
+    }
   };
+
+  // Whether another socket (without SO_REUSEPORT, or of another user) already listens on `at`.
+  static std::error_code port_taken(const endpoint& at) noexcept {
+    const int fd = ::socket(at.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno_code(errno);
+    int r = detail::set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (r == 0 && at.family() == AF_INET6) r = detail::set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+    if (r == 0 && ::bind(fd, at.data(), at.size()) < 0) r = -errno;
+    const std::error_code e = r < 0 ? errno_code(-r) : std::error_code{};
+    ::close(fd);
+    return e;
+  }
 
   static std::vector<int> allowed_cpus() {
     cpu_set_t set;
@@ -225,6 +288,10 @@ class threaded_server {
   }
 
   explicit threaded_server(std::unique_ptr<state> s) noexcept : st_(std::move(s)) {}
+  state& live() const noexcept {
+    RINGNET_ASSERT(st_ != nullptr, "use of a moved-from rn::threaded_server");
+    return *st_;
+  }
   std::unique_ptr<state> st_;
 };
 
