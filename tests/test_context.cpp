@@ -2,6 +2,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <latch>
+#include <memory>
 #include <thread>
 
 #include "support.hpp"
@@ -112,4 +114,46 @@ TEST_CASE("io_context: spawn from another thread while running") {
   guard.reset();
   loop.join();
   CHECK(count == 100);
+}
+
+TEST_CASE("io_context: the ring's descriptor is registered with the thread that runs it, and only there") {
+  test::fd_leak_check fds;
+  auto tick = [](rn::io_context& c) -> rn::task<bool> { co_return (co_await rn::sleep_for(c, 1ms)).has_value(); };
+  auto opts = test::context_options();
+  const bool wanted = opts.register_ring_fd;
+  SUBCASE("registered at the first run of a defer_taskrun ring, unless switched off") {
+    for (bool on : {true, false}) {
+      opts.register_ring_fd = on && wanted;
+      rn::io_context ctx(opts);
+      CHECK_FALSE(ctx.has_registered_ring_fd());  // not before it runs: it belongs to a thread
+      CHECK(rn::sync_wait(ctx, tick(ctx)));
+      CHECK(ctx.has_registered_ring_fd() == (on && wanted && ctx.mode() == rn::ring_mode::defer_taskrun));
+      CHECK(rn::sync_wait(ctx, tick(ctx)));
+    }
+    auto coop = opts;
+    coop.register_ring_fd = true;
+    coop.mode = rn::ring_mode::coop_taskrun;  // may move between threads: never registered
+    rn::io_context c(coop);
+    CHECK(rn::sync_wait(c, tick(c)));
+    CHECK_FALSE(c.has_registered_ring_fd());
+  }
+  SUBCASE("destroyed on another thread, it leaves that thread's own registration alone") {
+    // Ring X runs on thread A, which stays alive; ring Y runs here. Both registrations have
+    // index 0 (each thread counts from 0). Destroying X here must not unregister index 0 here,
+    // which is Y's: Y's next io_uring_enter would fail with EBADF. (Kernel 6.18 itself refuses
+    // to unregister another ring's index, with EEXIST; ringnet does not count on it.)
+    auto x = std::make_unique<rn::io_context>(opts);
+    rn::io_context y(opts);
+    CHECK(rn::sync_wait(y, tick(y)));
+    std::latch x_ran(1), x_gone(1);
+    std::jthread a([&] {
+      CHECK(rn::sync_wait(*x, tick(*x)));
+      x_ran.count_down();
+      x_gone.wait();  // thread A lives on while X is destroyed elsewhere
+    });
+    x_ran.wait();
+    x.reset();
+    for (int i = 0; i < 3; ++i) CHECK(rn::sync_wait(y, tick(y)));
+    x_gone.count_down();
+  }
 }

@@ -26,6 +26,10 @@ struct io_context_options {
   unsigned cq_entries = 0;                     // 0: 16 × entries (multishot bursts)
   ring_mode mode = ring_mode::defer_taskrun;   // the most capable mode to try
   opcode_set disabled_ops;                     // treated as unsupported (forces fallbacks)
+  /// Registers the ring's descriptor with the thread that runs it (a defer_taskrun ring only, which
+  /// keeps to one thread; kernel 5.18): each io_uring_enter then skips a file table lookup. The
+  /// registration holds the ring until ~io_context undoes it on that thread, or the thread exits.
+  bool register_ring_fd = true;
 };
 
 class io_context;
@@ -41,7 +45,7 @@ class io_context {
   /// allows. Throws std::system_error when io_uring is unavailable (ENOSYS, EPERM).
   explicit io_context(const options& opts = {})
       : ring_(detail::ring_setup{opts.entries, opts.cq_entries, static_cast<int>(opts.mode),
-                                 opts.disabled_ops}) {}
+                                 opts.disabled_ops, opts.register_ring_fd}) {}
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
   /// Cancels what is still in flight, waits for the kernel to let go of it, and destroys the
@@ -86,6 +90,9 @@ class io_context {
   [[nodiscard]] bool has_multishot_recv() const noexcept { return ring_.caps().multishot_recv; }
   /// Whether listener::next() takes many connections from one multishot accept (kernel 5.19).
   [[nodiscard]] bool has_multishot_accept() const noexcept { return ring_.caps().multishot_accept; }
+  /// Whether io_uring_enter names the ring by its registered index (see register_ring_fd; known
+  /// from the first run on).
+  [[nodiscard]] bool has_registered_ring_fd() const noexcept { return ring_.caps().registered_ring_fd; }
   [[nodiscard]] ring_mode mode() const noexcept { return static_cast<ring_mode>(ring_.mode_index()); }
   [[nodiscard]] unsigned setup_flags() const noexcept { return ring_.setup_flags(); }
   [[nodiscard]] bool running_in_this_thread() const noexcept { return ring_.on_this_thread(); }

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -40,6 +41,7 @@ struct ring_setup {
   unsigned cq_entries = 0;  // 0: 16 × entries (multishot bursts)
   int weakest_first = 0;    // 0: try DEFER_TASKRUN first, 1: COOP_TASKRUN first, 2: no flags
   std::bitset<256> disabled_ops;
+  bool register_ring_fd = true;
 };
 
 // What the kernel can do, by name. The probe lists opcodes, not flags: where a capability is a
@@ -56,6 +58,9 @@ struct ring_caps {
   // out at the first use: an older kernel refuses the SQE with EINVAL (it rejects a file_index
   // on a recv), and lacks_multishot_recv_limit() records it.
   bool multishot_recv_limit = true;
+  // The ring's descriptor registered with the thread that runs it (IORING_REGISTER_RING_FDS,
+  // 5.18): every io_uring_enter then names it by index, without a file table lookup.
+  bool registered_ring_fd = false;
 };
 
 [[noreturn]] inline void throw_system_error(int e, const char* what) {
@@ -86,7 +91,7 @@ RINGNET_TLS_ACCESSOR inline ring*& current_ring() noexcept {
 
 class ring {
  public:
-  explicit ring(const ring_setup& s) {
+  explicit ring(const ring_setup& s) : register_ring_fd_(s.register_ring_fd) {
     setup(s);
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) {
@@ -104,6 +109,7 @@ class ring {
 
   ~ring() {
     shutdown();
+    unregister_ring_fd();
     io_uring_queue_exit(&ring_);
     ::close(wake_fd_);
   }
@@ -321,6 +327,26 @@ class ring {
     if (::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
       throw_system_error(errno, "io_uring_register(ENABLE_RINGS)");
     enabled_ = true;
+    // A registered ring fd belongs to the registering thread: only a SINGLE_ISSUER ring, which
+    // never changes threads, registers it (liburing then enters through it). Refused by a kernel
+    // before 5.18: the plain descriptor serves.
+    if (register_ring_fd_ && io_uring_register_ring_fd(&ring_) == 1) caps_.registered_ring_fd = true;
+  }
+
+  // The registration lives in the registering thread's io_uring state and holds a reference to
+  // the ring until it is undone or that thread exits. Undone on that thread (~io_context runs
+  // there by contract). On another thread the same index may name that thread's registration of
+  // another ring: neither this nor liburing's io_uring_queue_exit may unregister it there (kernel
+  // 6.18 refuses it with EEXIST; older ones may not check), so the index liburing would pass is
+  // made one every kernel refuses (EINVAL, it allows 16), and the owner thread's exit releases
+  // the ring.
+  void unregister_ring_fd() noexcept {
+    if (!caps_.registered_ring_fd) return;
+    caps_.registered_ring_fd = false;
+    if (owner_.load() == std::this_thread::get_id())
+      io_uring_unregister_ring_fd(&ring_);
+    else
+      ring_.enter_ring_fd = std::numeric_limits<int>::max();
   }
 
   void wake() noexcept {
@@ -434,6 +460,7 @@ class ring {
   bool enabled_ = true;
   bool draining_ = false;
   bool wake_armed_ = false;
+  bool register_ring_fd_ = true;
   std::atomic<std::thread::id> owner_{};
   std::bitset<256> ops_;
   ring_caps caps_;
