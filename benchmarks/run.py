@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -84,8 +85,14 @@ ECHO_WORKLOADS = {
     "churn": ["--workload", "churn", "--connections", "32", "--size", "64"],
     "pingpong1": ["--workload", "pingpong", "--connections", "1", "--size", "64"],
     "pingpong64": ["--workload", "pingpong", "--connections", "64", "--size", "64"],
+    # many mostly idle connections: MANY_IDLE_S silent after connecting (the server's RSS per
+    # connection is read then), then one 64-byte message per connection and second
+    "many": ["--workload", "pingpong", "--size", "64", "--interval", "1"],
 }
-ALL_WORKLOADS = ["churn", "pingpong1", "pingpong64", "bulk", "relay"]
+MANY_CONNS = 10000  # smoke: MANY_CONNS_SMOKE (a correctness run)
+MANY_CONNS_SMOKE = 1000
+MANY_IDLE_S = 3.0
+ALL_WORKLOADS = ["churn", "pingpong1", "pingpong64", "many", "bulk", "relay"]
 # The quick run (the default): the lifecycle workloads against the reference and the main peers.
 QUICK_WORKLOADS = ["churn", "pingpong1", "pingpong64"]
 QUICK_PEERS = ["ringnet", "liburing", "epoll", "asio-epoll"]
@@ -319,8 +326,12 @@ def pick_port(preferred, avoid=()):
 
 
 def pinned(cpu):
+    """For preexec_fn: pins the child to `cpu` and lifts its descriptor limit to the hard limit
+    (10,000 connections need more than the usual soft limit of 1024, for every peer alike)."""
     def fn():
         os.sched_setaffinity(0, {cpu})
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return fn
 
 
@@ -566,20 +577,36 @@ class Runner:
             if why:
                 cell["problems"].append("peer %s%s" % (why, srv.tail()))
                 return cell
-            lg = [str(self.loadgen)] + ECHO_WORKLOADS[wl] + [
-                "--target", "127.0.0.1:%d" % port, "--duration", str(self.a.duration),
-                "--warmup", str(self.a.warmup), "--timeout", str(LOADGEN_OP_TIMEOUT), "--json"]
+            warmup = self.a.warmup
+            lg = [str(self.loadgen)] + ECHO_WORKLOADS[wl]
+            if wl == "many":
+                conns = MANY_CONNS_SMOKE if self.a.smoke else MANY_CONNS
+                warmup += MANY_IDLE_S + 1.0  # the idle phase, then one interval of messages
+                lg += ["--connections", str(conns), "--idle", str(MANY_IDLE_S)]
+                cell["rss_base_kib"] = proc_status_kib(srv.pid, "VmRSS")
+            lg += ["--target", "127.0.0.1:%d" % port, "--duration", str(self.a.duration),
+                   "--warmup", str(warmup), "--timeout", str(LOADGEN_OP_TIMEOUT), "--json"]
             if wl == "churn":
                 lg += ["--sources", ",".join(CHURN_SOURCES)]
             if use_mc:
                 lg += ["--notify-pid", str(srv.pid)]
-            limit = self.a.warmup + self.a.duration + 2 * LOADGEN_OP_TIMEOUT + 30
+            limit = warmup + self.a.duration + 2 * LOADGEN_OP_TIMEOUT + 30
+            lg_proc = subprocess.Popen(lg, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       preexec_fn=pinned(self.client_cpu))
+            if wl == "many":  # late in the idle phase: every connection open, none has sent yet
+                time.sleep(MANY_IDLE_S * 0.8)
+                cell["idle_conns"] = proxy_conns(port, 0)
+                cell["rss_idle_kib"] = proc_status_kib(srv.pid, "VmRSS")
             try:
-                r = subprocess.run(lg, capture_output=True, text=True, timeout=limit,
-                                   preexec_fn=pinned(self.client_cpu))
+                out, err = lg_proc.communicate(timeout=limit)
             except subprocess.TimeoutExpired:
+                lg_proc.kill()
+                lg_proc.communicate()
                 cell["problems"].append("load generator did not finish within %.0f s" % limit)
                 return cell
+            r = subprocess.CompletedProcess(lg, lg_proc.returncode, out, err)
+            if wl == "many":
+                cell["rss_active_kib"] = proc_status_kib(srv.pid, "VmRSS")
             res = None
             for line in r.stdout.splitlines():
                 if line.startswith("{"):
@@ -623,6 +650,13 @@ class Runner:
             "client_busy_pct": 100.0 * cli_c["busy_us"] / cli_c["total_us"] if cli_c and cli_c["total_us"] else None,
             "server_cpu_us_per_op": srv_c["busy_us"] / ops if srv_c and ops else None,
         })
+        if wl == "many":
+            want = res["connections"]
+            if cell.get("idle_conns") != want:
+                cell["problems"].append("%s of %d connections open in the idle phase" %
+                                        (cell.get("idle_conns"), want))
+            base, idle = cell.get("rss_base_kib"), cell.get("rss_idle_kib")
+            cell["rss_per_conn_kib"] = (idle - base) / want if base is not None and idle is not None else None
         if res["error_total"]:
             errs = ", ".join("%s %d" % (k, v) for k, v in res["errors"].items() if v)
             cell["problems"].append("protocol errors: %s %s" % (errs, res.get("other_errno") or ""))
@@ -1085,6 +1119,14 @@ class Runner:
                 "errors": sum(c.get("error_total", 0) for c in cs),
                 "reference": ECHO_REF,
             }
+            if wl == "many":
+                rss_ratio, rss_ratios = self.per_round_ratio(wl, p, ECHO_REF, "rss_per_conn_kib")
+                out[p].update({
+                    "connections": median([c.get("loadgen", {}).get("connections") for c in cs]),
+                    "rss_per_conn_kib_median": median([c.get("rss_per_conn_kib") for c in cs]),
+                    "rss_per_conn_ratio_to_ref": rss_ratio, "rss_per_conn_ratios": rss_ratios,
+                    "rss_active_kib_median": median([c.get("rss_active_kib") for c in cs]),
+                })
         return out
 
     def summarize_bulk(self, peers, wl="bulk"):
@@ -1198,6 +1240,16 @@ class Runner:
             table(rows, cols)
             log("srv us/op = busy time of the server core (softirq included) per operation; cli% near 100 "
                 "means the load generator's core saturated and ops/s no longer separates the servers.")
+            if wl == "many":
+                log("")
+                log("many: server memory with %s connections" % f(next(iter(s.values()), {}).get("connections"), "%d"))
+                cols = [("peer", 11, True), ("KiB/conn", 8, False), ("KiB/conn x", 10, False),
+                        ("RSS active MiB", 14, False)]
+                table([[p, f(r.get("rss_per_conn_kib_median"), "%.2f"), f(r.get("rss_per_conn_ratio_to_ref"), "%.2f"),
+                        f(None if r.get("rss_active_kib_median") is None else r["rss_active_kib_median"] / 1024, "%.1f")]
+                       for p, r in s.items()], cols)
+                log("KiB/conn = (the server's VmRSS late in the idle phase - its VmRSS before the first "
+                    "connection) / connections; RSS active = VmRSS at the end of the measured window.")
 
     def cleanup(self):
         for srv in list(self.live):

@@ -9,7 +9,11 @@
  * Workloads
  *   churn     C clients loop: connect -> send REQ bytes -> shutdown(SHUT_WR) -> read the echo to
  *             EOF, verifying every byte -> close (the client closes first).
- *   pingpong  N persistent connections, one MSG-byte message in flight per connection.
+ *   pingpong  N persistent connections, one MSG-byte message in flight per connection; with
+ *             --interval a connection starts a message only every S seconds (starts spread evenly
+ *             over the first interval), with --idle the connections first stay silent for S
+ *             seconds after connecting (many mostly idle connections: the server's memory per
+ *             connection).
  *
  * Phases: warmup (not counted) -> measured window (--duration / --max-ops) -> drain (no new
  * operations; in-flight ones finish and are verified; pingpong connections half-close and read
@@ -49,6 +53,7 @@ enum cstate {
     CS_IDLE,    /* not started */
     CS_BACKOFF, /* after an error, waiting until deadline to start again */
     CS_OP,      /* an operation is in flight */
+    CS_WAIT,    /* pingpong with --interval or --idle: connected, the next message is due at deadline */
     CS_CLOSING, /* pingpong: half-closed at the end, reading to EOF */
     CS_DONE,
 };
@@ -108,6 +113,8 @@ static unsigned g_active = 0; /* connections not yet CS_DONE */
 static unsigned g_src_rr = 0;
 static uint32_t g_off_rr = 0;
 static uint64_t g_timeout_ns;
+static double g_interval, g_idle;       /* pingpong pacing (seconds; 0 = none) */
+static uint64_t g_interval_ns, g_idle_ns;
 static volatile sig_atomic_t g_interrupted = 0;
 
 /* ---- accounting ---- */
@@ -286,8 +293,9 @@ static void begin_op(struct conn *c, uint64_t t)
     c->deadline = t + g_timeout_ns;
 }
 
-/* Open a connection (churn: one per operation; pingpong: one per session). */
-static void open_conn(struct conn *c)
+/* Open a connection (churn: one per operation; pingpong: one per session). `first`: the session
+ * opened at start, which --idle and --interval delay (a reconnect after an error starts at once). */
+static void open_conn(struct conn *c, int first)
 {
     uint64_t t = now_ns();
     begin_op(c, t);
@@ -323,10 +331,26 @@ static void open_conn(struct conn *c)
         fail(c, ERR_OTHER, errno);
         return;
     }
+    if (first && (g_idle_ns || g_interval_ns)) {
+        c->state = CS_WAIT;
+        c->deadline = g_t_begin + g_idle_ns + g_interval_ns * (uint64_t)(c - g_c) / g_conns;
+        return;
+    }
     /* On loopback the handshake has usually completed by now: try to send at once. */
     drive(c, 0);
     if (c->state == CS_OP && c->sent > 0)
         g_spec_send_ok++;
+}
+
+/* End of a pingpong session: half-close, then read to EOF (expecting nothing more). */
+static void end_session(struct conn *c, uint64_t t)
+{
+    c->state = CS_CLOSING;
+    c->deadline = t + g_timeout_ns;
+    if (shutdown(c->fd, SHUT_WR) != 0) {
+        int e = errno;
+        fail(c, classify(e), e);
+    }
 }
 
 static void op_done(struct conn *c)
@@ -351,17 +375,16 @@ static void op_done(struct conn *c)
         if (g_phase >= PH_DRAIN)
             set_done(c);
         else
-            open_conn(c);
+            open_conn(c, 0);
         return;
     }
     if (g_phase >= PH_DRAIN) {
-        /* end of session: half-close, then read to EOF (expecting nothing more) */
-        c->state = CS_CLOSING;
-        c->deadline = t + g_timeout_ns;
-        if (shutdown(c->fd, SHUT_WR) != 0) {
-            int e = errno;
-            fail(c, classify(e), e);
-        }
+        end_session(c, t);
+        return;
+    }
+    if (g_interval_ns && c->t_start + g_interval_ns > t) {
+        c->state = CS_WAIT;
+        c->deadline = c->t_start + g_interval_ns;
         return;
     }
     begin_op(c, t);
@@ -480,7 +503,15 @@ static void scan(uint64_t t)
             if (g_phase >= PH_DRAIN)
                 set_done(c);
             else if (t >= c->deadline)
-                open_conn(c);
+                open_conn(c, 0);
+            break;
+        case CS_WAIT:
+            if (g_phase >= PH_DRAIN) {
+                end_session(c, t);
+            } else if (t >= c->deadline) {
+                begin_op(c, t);
+                drive(c, 0);
+            }
             break;
         case CS_IDLE:
             if (g_phase >= PH_DRAIN)
@@ -530,6 +561,10 @@ static void usage(FILE *f)
             "  --duration S      measured window in seconds (default 5)\n"
             "  --warmup S        unmeasured warm-up before the window (default 1)\n"
             "  --max-ops N       end the window after N operations as well\n"
+            "  --interval S      pingpong: each connection starts a message every S seconds at most\n"
+            "                    (first starts spread over one interval; default 0 = back to back)\n"
+            "  --idle S          pingpong: connections stay silent for S seconds after connecting\n"
+            "                    (counts towards --warmup: make the warm-up longer)\n"
             "  --timeout S       per-operation timeout, counted as an error (default 5)\n"
             "  --sources A,B,..  IPv4 source addresses to spread connections over (bound with\n"
             "                    IP_BIND_ADDRESS_NO_PORT); 'none' = let the kernel pick.  Default for\n"
@@ -675,9 +710,10 @@ static void report(void)
         return;
     }
     printf("{\"workload\":\"%s\",\"target\":\"%s\",\"connections\":%u,\"size\":%u,\"sources\":%u,"
-           "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"timeout_s\":%.3f,\"max_ops\":%llu,",
+           "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"timeout_s\":%.3f,\"max_ops\":%llu,"
+           "\"interval_s\":%.3f,\"idle_s\":%.3f,",
            wl, g_target_str, g_conns, g_size, g_nsources, g_duration, g_warmup, g_timeout,
-           (unsigned long long)g_max_ops);
+           (unsigned long long)g_max_ops, g_interval, g_idle);
     printf("\"ops\":%llu,\"ops_per_sec\":%.1f,\"elapsed_s\":%.6f,\"warmup_ops\":%llu,\"drain_ops\":%llu,"
            "\"connects\":%llu,\"spec_send_ok\":%llu,\"total_s\":%.3f,",
            (unsigned long long)g_ops, rate, elapsed, (unsigned long long)g_warmup_ops, (unsigned long long)g_drain_ops,
@@ -716,7 +752,7 @@ int main(int argc, char **argv)
 {
     enum {
         O_WORKLOAD = 1000, O_TARGET, O_CONNS, O_SIZE, O_DURATION, O_WARMUP, O_MAXOPS, O_TIMEOUT, O_SOURCES,
-        O_NOTIFY, O_JSON, O_FAIL, O_HELP,
+        O_NOTIFY, O_JSON, O_FAIL, O_HELP, O_INTERVAL, O_IDLE,
     };
     static const struct option opts[] = {
         {"workload", required_argument, 0, O_WORKLOAD}, {"target", required_argument, 0, O_TARGET},
@@ -725,7 +761,8 @@ int main(int argc, char **argv)
         {"max-ops", required_argument, 0, O_MAXOPS},    {"timeout", required_argument, 0, O_TIMEOUT},
         {"sources", required_argument, 0, O_SOURCES},   {"notify-pid", required_argument, 0, O_NOTIFY},
         {"json", no_argument, 0, O_JSON},               {"fail-on-error", no_argument, 0, O_FAIL},
-        {"help", no_argument, 0, O_HELP},               {0, 0, 0, 0},
+        {"help", no_argument, 0, O_HELP},               {"interval", required_argument, 0, O_INTERVAL},
+        {"idle", required_argument, 0, O_IDLE},         {0, 0, 0, 0},
     };
     int have_target = 0;
     for (;;) {
@@ -781,6 +818,12 @@ int main(int argc, char **argv)
         case O_TIMEOUT:
             g_timeout = parse_double(optarg, "--timeout");
             break;
+        case O_INTERVAL:
+            g_interval = parse_double(optarg, "--interval");
+            break;
+        case O_IDLE:
+            g_idle = parse_double(optarg, "--idle");
+            break;
         case O_SOURCES:
             parse_sources(optarg);
             break;
@@ -816,6 +859,12 @@ int main(int argc, char **argv)
     if (!g_sources_given && g_wl == WL_CHURN && (ntohl(g_target.sin_addr.s_addr) >> 24) == 127)
         parse_sources("127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5");
     g_timeout_ns = sec_to_ns(g_timeout);
+    if ((g_interval > 0 || g_idle > 0) && g_wl != WL_PINGPONG) {
+        fprintf(stderr, "ringnet-loadgen: --interval and --idle are for pingpong\n");
+        return 2;
+    }
+    g_interval_ns = sec_to_ns(g_interval);
+    g_idle_ns = sec_to_ns(g_idle);
 
     /* file descriptors: one per connection plus slack */
     struct rlimit rl;
@@ -864,7 +913,7 @@ int main(int argc, char **argv)
         measure_end = g_t_measure + sec_to_ns(g_duration);
     }
     for (unsigned i = 0; i < g_conns; i++)
-        open_conn(&g_c[i]);
+        open_conn(&g_c[i], 1);
 
     struct epoll_event evs[256];
     uint64_t next_scan = now_ns() + SCAN_NS;
