@@ -67,22 +67,36 @@ bool answers(std::uint16_t port) {
 }
 
 // dnsmasq on 127.0.0.1, answering for .test from the records below only (no upstream, no
-// /etc/hosts): anything else is REFUSED. Records without a TTL of their own have 300 s. Ended by its PID when the test ends (and killed by the
-// kernel if this process dies first).
+// /etc/hosts): anything else is REFUSED. Records without a TTL of their own have 300 s. Ended by
+// its PID when the test ends (and killed by the kernel if this process dies first).
 class dns_server {
  public:
+  // Started within 15 s or the test fails (its watchdog allows 30 s): a dnsmasq that exits (its
+  // port was taken between the probe and its bind: it binds TCP as well) is retried at once on
+  // another port, up to 5 times, and one that never answers is ended after what is left of the
+  // 15 s.
   dns_server() {
     const std::string binary = find_program("dnsmasq");
     if (binary.empty()) return;
-    for (int tries = 0; tries < 5 && pid_ < 0; ++tries) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    std::string why;
+    for (int tries = 0; tries < 5 && pid_ < 0 && std::chrono::steady_clock::now() < give_up; ++tries) {
       port_ = free_udp_port();
       start(binary);
-      for (int i = 0; i < 50 && !answers(port_); ++i) {}
-      if (!answers(port_)) stop();
+      bool ready = false;
+      while (!ready && !exited() && std::chrono::steady_clock::now() < give_up) ready = answers(port_);
+      if (!ready) {
+        stop();
+        why = "port " + std::to_string(port_) + ": " + log_text();
+      }
     }
-    REQUIRE_MESSAGE(pid_ > 0, "dnsmasq did not start");
+    if (pid_ < 0) ::close(std::exchange(log_fd_, -1));
+    REQUIRE_MESSAGE(pid_ > 0, "dnsmasq did not start (" << why << ")");
   }
-  ~dns_server() { stop(); }
+  ~dns_server() {
+    stop();
+    if (log_fd_ >= 0) ::close(log_fd_);
+  }
   dns_server(const dns_server&) = delete;
   dns_server& operator=(const dns_server&) = delete;
 
@@ -107,16 +121,32 @@ class dns_server {
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // What dnsmasq says goes to a file opened here: after fork the child makes only the calls
+    // exec needs (this process has other threads).
+    if (log_fd_ < 0) {
+      char path[] = "/tmp/ringnet-test-dnsmasq-XXXXXX";
+      log_fd_ = ::mkostemp(path, O_CLOEXEC | O_APPEND);  // after each truncation writes start at 0
+      REQUIRE(log_fd_ >= 0);
+      ::unlink(path);
+    }
+    REQUIRE(::ftruncate(log_fd_, 0) == 0);
     pid_ = ::fork();
     REQUIRE(pid_ >= 0);
     if (pid_ == 0) {  // only async-signal-safe calls until exec
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      const int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-      ::dup2(devnull, 1);
-      ::dup2(devnull, 2);
+      ::dup2(log_fd_, 1);
+      ::dup2(log_fd_, 2);
       ::execv(argv[0], argv.data());
       ::_exit(127);
     }
+  }
+  // Whether dnsmasq has exited (reaped here).
+  bool exited() {
+    if (pid_ <= 0) return true;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
+    pid_ = -1;
+    return true;
   }
   void stop() {
     if (pid_ <= 0) return;
@@ -125,7 +155,14 @@ class dns_server {
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {}
     pid_ = -1;
   }
+  std::string log_text() const {
+    std::string out(2048, '\0');
+    const ssize_t n = ::pread(log_fd_, out.data(), out.size(), 0);
+    out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    return out.empty() ? "no output" : out;
+  }
 
+  int log_fd_ = -1;
   pid_t pid_ = -1;
   std::uint16_t port_ = 0;
 };
