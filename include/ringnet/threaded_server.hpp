@@ -155,6 +155,7 @@ class threaded_server {
   shutdown_report shutdown(std::chrono::nanoseconds grace) {
     state& st = live();
     st.stop(grace);
+    std::lock_guard lock(st.stop_mutex);  // concurrent calls: one takes each exception
     for (auto& w : st.workers)
       if (w->error) std::rethrow_exception(std::exchange(w->error, nullptr));
     return st.report;
