@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <latch>
+#include <system_error>
 #include <memory>
 #include <thread>
 
@@ -117,6 +118,7 @@ TEST_CASE("io_context: spawn from another thread while running") {
 }
 
 TEST_CASE("io_context: the ring's descriptor is registered with the thread that runs it, and only there") {
+  test::watchdog dog(std::chrono::seconds(30));  // a ring entered through another's index hangs
   test::fd_leak_check fds;
   auto tick = [](rn::io_context& c) -> rn::task<bool> { co_return (co_await rn::sleep_for(c, 1ms)).has_value(); };
   auto opts = test::context_options();
@@ -155,5 +157,29 @@ TEST_CASE("io_context: the ring's descriptor is registered with the thread that 
     x.reset();
     for (int i = 0; i < 3; ++i) CHECK(rn::sync_wait(y, tick(y)));
     x_gone.count_down();
+  }
+  SUBCASE("a later thread with the same std::thread::id is not the owner") {
+    // glibc hands a joined thread's id (its stack) to the next thread. Ring X ran on thread A,
+    // joined; thread B, likely with A's id, runs its own ring Y (registered at index 0 like X was)
+    // and destroys X: X must not be run there, nor enter or unregister through index 0, which is
+    // Y's there.
+    for (int round = 0; round < 4; ++round) {
+      auto x = std::make_unique<rn::io_context>(opts);
+      std::thread::id a_id, b_id;
+      std::thread([&] {
+        CHECK(rn::sync_wait(*x, tick(*x)));
+        a_id = std::this_thread::get_id();
+      }).join();
+      std::thread([&] {
+        b_id = std::this_thread::get_id();
+        rn::io_context y(opts);
+        CHECK(rn::sync_wait(y, tick(y)));
+        if (x->mode() == rn::ring_mode::defer_taskrun)  // X stays thread A's, whatever B's id
+          CHECK_THROWS_AS((void)rn::sync_wait(*x, tick(*x)), std::system_error);
+        x.reset();
+        for (int i = 0; i < 3; ++i) CHECK(rn::sync_wait(y, tick(y)));
+      }).join();
+      if (a_id == b_id) MESSAGE("round " << round << ": the second thread had the first one's id");
+    }
   }
 }

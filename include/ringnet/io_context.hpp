@@ -91,7 +91,7 @@ class io_context {
   /// Whether listener::next() takes many connections from one multishot accept (kernel 5.19).
   [[nodiscard]] bool has_multishot_accept() const noexcept { return ring_.caps().multishot_accept; }
   /// Whether io_uring_enter names the ring by its registered index (see register_ring_fd; known
-  /// from the first run on).
+  /// from the first run on; ask on the context's thread).
   [[nodiscard]] bool has_registered_ring_fd() const noexcept { return ring_.caps().registered_ring_fd; }
   [[nodiscard]] ring_mode mode() const noexcept { return static_cast<ring_mode>(ring_.mode_index()); }
   [[nodiscard]] unsigned setup_flags() const noexcept { return ring_.setup_flags(); }

@@ -25,9 +25,11 @@
 #include <chrono>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <latch>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <optional>
 #include <system_error>
@@ -66,10 +68,11 @@ class threaded_server {
 
  public:
   /// Binds one listener per thread on `at` (port 0: the port the first one got, for all), starts
-  /// the threads and returns once each of them made its handler and accepts. A bind error (with
-  /// threads > 1 also a fixed port someone else listens on) is returned, no thread started; so is
-  /// a thread that cannot be created, after those already running stopped. An exception of
-  /// make_handler, or a failed pinning, stops the threads already running and is rethrown here.
+  /// the threads and returns once each of them made its handler and accepts. A ring or bind
+  /// error (with threads > 1 also a fixed port someone else listens on) is returned, no thread
+  /// started; so is a thread that cannot be created, after those already running stopped. An
+  /// exception of make_handler, or a failed pinning, stops the threads already running and is
+  /// rethrown here.
   static result<threaded_server> start(const endpoint& at, MakeHandler make_handler,
                                        threaded_server_options opts = {}) {
     if (opts.threads == 0) return std::make_error_code(std::errc::invalid_argument);
@@ -83,7 +86,12 @@ class threaded_server {
     }
     endpoint local = at;
     for (unsigned i = 0; i < opts.threads; ++i) {
-      auto w = std::make_unique<worker>(opts.context);
+      std::unique_ptr<worker> w;
+      try {
+        w = std::make_unique<worker>(opts.context);
+      } catch (const std::system_error& e) {  // io_uring_setup refused: EMFILE, ENOMEM, ...
+        return e.code();
+      }
       // Bound here, run on its own thread: a ring binds to the thread that first runs it.
       result<listener> l = listener::bind(*w->ctx, local, st->opts.listen);
       if (!l) return l.error();
@@ -101,17 +109,18 @@ class threaded_server {
     std::latch ready(static_cast<std::ptrdiff_t>(opts.threads));
     std::size_t started = 0;
     std::error_code spawn_error;
-    st->thread_ids.reserve(st->workers.size());
     for (; started < st->workers.size(); ++started) {
       worker& w = *st->workers[started];
       const int cpu = cpus.empty() ? -1 : cpus[started % cpus.size()];
       try {
         w.thread = std::thread([s = st.get(), &w, cpu, &ready] { s->run(w, cpu, ready); });
-      } catch (const std::system_error& e) {  // out of threads or memory
+      } catch (const std::system_error& e) {  // out of threads
         spawn_error = e.code();
         break;
+      } catch (const std::bad_alloc&) {
+        spawn_error = std::make_error_code(std::errc::not_enough_memory);
+        break;
       }
-      st->thread_ids.push_back(w.thread.get_id());
     }
     // Threads that never started count themselves out; their listeners close with them.
     ready.count_down(static_cast<std::ptrdiff_t>(st->workers.size() - started));
@@ -182,6 +191,7 @@ class threaded_server {
     std::optional<io_context> ctx;  // destroyed on the thread that ran it
     listener l;
     std::thread thread;
+    std::atomic<std::uint64_t> token{0};  // detail::this_thread_token() of its thread, once running
     std::exception_ptr start_error;  // before it accepted: read by start() after the latch
     std::exception_ptr error;        // afterwards: read after the thread was joined
     connection_counters counters{};
@@ -194,7 +204,6 @@ class threaded_server {
     threaded_server_options opts;
     endpoint local;
     std::vector<std::unique_ptr<worker>> workers;
-    std::vector<std::thread::id> thread_ids;  // fixed at start: read without racing a join
     inplace_stop_source quit;
     std::atomic<std::chrono::nanoseconds::rep> grace{0};
     std::mutex make_mutex;  // make_handler is called one call at a time
@@ -204,6 +213,7 @@ class threaded_server {
 
     void run(worker& w, int cpu, std::latch& ready) noexcept {
       bool counted = false;
+      w.token.store(detail::this_thread_token(), std::memory_order_release);
       try {
         if (cpu >= 0) pin_to(cpu);
         sync_wait(*w.ctx, serve(w, ready, counted));
@@ -229,9 +239,10 @@ class threaded_server {
       w.counters = srv.counters();
     }
 
+    // By a token no later thread gets (a joined thread's std::thread::id is handed out again).
     [[nodiscard]] bool on_own_thread() const noexcept {
-      for (const std::thread::id id : thread_ids)
-        if (id == std::this_thread::get_id()) return true;
+      for (const auto& w : workers)
+        if (w->token.load(std::memory_order_acquire) == detail::this_thread_token()) return true;
       return false;
     }
 

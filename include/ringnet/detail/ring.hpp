@@ -83,6 +83,15 @@ struct ring_resource {
   ring_resource* next = nullptr;
 };
 
+// A number for the calling thread that no other thread ever gets, unlike std::thread::id, which
+// is reused once a thread was joined: a ring's owner (whose thread holds its registered
+// descriptor) must never be mistaken for a later thread.
+RINGNET_TLS_ACCESSOR inline std::uint64_t this_thread_token() noexcept {
+  static std::atomic<std::uint64_t> next{1};
+  static thread_local const std::uint64_t token = next.fetch_add(1, std::memory_order_relaxed);
+  return token;
+}
+
 class ring;
 RINGNET_TLS_ACCESSOR inline ring*& current_ring() noexcept {
   static thread_local ring* current = nullptr;
@@ -127,8 +136,8 @@ class ring {
   // thread the ring belongs to (or none yet) and no turn runs. The check behind RINGNET_ASSERT.
   [[nodiscard]] bool owned_here() const noexcept {
     if (on_this_thread()) return true;
-    const std::thread::id owner = owner_.load(std::memory_order_relaxed);
-    return owner == std::thread::id{} || owner == std::this_thread::get_id();
+    const std::uint64_t owner = owner_.load(std::memory_order_relaxed);
+    return owner == 0 || owner == this_thread_token();
   }
   [[nodiscard]] io_uring& native() noexcept { return ring_; }
   // True while the ring is being destroyed: completions settle but resume nobody.
@@ -245,11 +254,11 @@ class ring {
     if (on_this_thread())
       RINGNET_THROW(std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                                       "ringnet: sync_wait or run() inside the context's own loop"));
-    const std::thread::id owner = owner_.load();
-    if (mode_ == 0 && owner != std::thread::id{} && owner != std::this_thread::get_id())
+    const std::uint64_t owner = owner_.load();
+    if (mode_ == 0 && owner != 0 && owner != this_thread_token())
       RINGNET_THROW(std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                                       "ringnet: io_context run on another thread than its first run"));
-    owner_.store(std::this_thread::get_id());
+    owner_.store(this_thread_token());
   }
 
   // Takes every request handed over by other threads and runs it here.
@@ -343,7 +352,7 @@ class ring {
   void unregister_ring_fd() noexcept {
     if (!caps_.registered_ring_fd) return;
     caps_.registered_ring_fd = false;
-    if (owner_.load() == std::this_thread::get_id())
+    if (owner_.load() == this_thread_token())
       io_uring_unregister_ring_fd(&ring_);
     else
       ring_.enter_ring_fd = std::numeric_limits<int>::max();
@@ -414,9 +423,8 @@ class ring {
   void shutdown() noexcept {
     // SINGLE_ISSUER: only the thread that ran the ring may submit and wait. Elsewhere nothing
     // may be in flight but the wake-up read (the kernel cancels it with the ring).
-    const std::thread::id owner = owner_.load();
-    const bool can_wait =
-        enabled_ && (mode_ != 0 || owner == std::thread::id{} || owner == std::this_thread::get_id());
+    const std::uint64_t owner = owner_.load();
+    const bool can_wait = enabled_ && (mode_ != 0 || owner == 0 || owner == this_thread_token());
     RINGNET_ASSERT(can_wait || in_flight_ == 0,
                    "io_context destroyed with requests in flight on another thread than its own");
     current_guard guard(this);
@@ -461,7 +469,7 @@ class ring {
   bool draining_ = false;
   bool wake_armed_ = false;
   bool register_ring_fd_ = true;
-  std::atomic<std::thread::id> owner_{};
+  std::atomic<std::uint64_t> owner_{0};  // this_thread_token() of the thread that runs it
   std::bitset<256> ops_;
   ring_caps caps_;
 
