@@ -280,13 +280,15 @@ def tcp_sockets():
         yield from (p for p in rows if len(p) > 9)
 
 
-def proxy_conns(port, up):
+def proxy_conns(port, up=None):
     """TCP sockets a process still holds (inode != 0: not an orphan, not TIME_WAIT) on either side
-    of a proxy: accepted on the listening port, or connected to the upstream port."""
-    lp, rp = ":%04X" % port, ":%04X" % up
+    of a proxy: accepted on the listening port, or connected to the upstream port (a server has
+    none: up=None counts only the accepted ones)."""
+    lp = ":%04X" % port
+    rp = None if up is None else ":%04X" % up
     return sum(1 for p in tcp_sockets()
                if p[3] not in (TCP_LISTEN, TCP_TIME_WAIT) and p[9] != "0"
-               and (p[1].endswith(lp) or p[2].endswith(rp)))
+               and (p[1].endswith(lp) or (rp is not None and p[2].endswith(rp))))
 
 
 def port_listening(port):
@@ -595,7 +597,7 @@ class Runner:
                                        preexec_fn=pinned(self.client_cpu))
             if wl == "many":  # late in the idle phase: every connection open, none has sent yet
                 time.sleep(MANY_IDLE_S * 0.8)
-                cell["idle_conns"] = proxy_conns(port, 0)
+                cell["idle_conns"] = proxy_conns(port)
                 cell["rss_idle_kib"] = proc_status_kib(srv.pid, "VmRSS")
             try:
                 out, err = lg_proc.communicate(timeout=limit)

@@ -28,7 +28,6 @@
 #include <functional>
 #include <limits>
 #include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
