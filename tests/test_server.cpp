@@ -453,3 +453,230 @@ TEST_CASE("server: at RLIMIT_NOFILE accepting backs off and resumes; every clien
   CHECK(got[2] <= 200);      // ...and backed off from, not spun on
   MESSAGE(clients << " clients at a descriptor limit of 4 spare: " << got[2] << " accept errors, all served");
 }
+
+TEST_CASE("server: a long send to a slow reader is not idle; once the reader stops, idle_timeout ends it") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  constexpr std::size_t total = 2 << 20;
+  const std::string data = test::pattern(total, 7);
+  std::vector<rn::transfer_result> sent;
+  // One send_all of 2 MiB through a small send buffer: the counters see its bytes only when it
+  // completes, seconds after it started.
+  auto sender = [&](rn::stream& s, rn::inplace_stop_token finish) -> rn::task<void> {
+    rn::detail::set_int_option(s.native_handle(), SOL_SOCKET, SO_SNDBUF, 64 << 10);
+    sent.push_back(co_await s.send_all(rn::buffer(data), finish));
+  };
+  rn::server srv(ctx, std::move(*l), sender,
+                 {.close = {.drain_timeout = 500ms}, .idle_timeout = 300ms});
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  auto open_small = [&] {  // a small receive window, so the peer's reading paces the send
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    rn::detail::set_int_option(fd, SOL_SOCKET, SO_RCVBUF, 64 << 10);
+    test::bound_io_time(fd, 5);
+    REQUIRE(::connect(fd, ep.data(), ep.size()) == 0);
+    return fd;
+  };
+  std::string slow_got;
+  std::chrono::nanoseconds slow_took{};
+  std::atomic<bool> finished{false};
+  std::jthread clients([&] {
+    // first a reader of 32 KiB every 25 ms (~1.3 MB/s): about 1.6 s for 2 MiB
+    int fd = open_small();
+    const auto t0 = std::chrono::steady_clock::now();
+    char buf[32 << 10];
+    for (int i = 0; i < 1000 && slow_got.size() < total; ++i) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0 && errno != EINTR) break;
+      if (n > 0) slow_got.append(buf, static_cast<std::size_t>(n));
+      std::this_thread::sleep_for(25ms);
+    }
+    slow_took = std::chrono::steady_clock::now() - t0;
+    ::shutdown(fd, SHUT_WR);
+    (void)test::read_to_end(fd);
+    ::close(fd);
+    // then one that reads 128 KiB and never again: the send stops moving
+    fd = open_small();
+    std::size_t got = 0;
+    while (got < (128u << 10)) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0 && errno != EINTR) break;
+      if (n > 0) got += static_cast<std::size_t>(n);
+    }
+    for (int i = 0; i < 300 && !finished; ++i) std::this_thread::sleep_for(10ms);
+    ::close(fd);
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 10'000 && srv.counters().ended() < 2; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    finished = true;
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  clients.join();
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0]);
+  CHECK(slow_got == data);
+  CHECK(slow_took > 600ms);  // it was paced: longer than the idle timeout, twice over
+  CHECK(!sent[1]);           // cancelled by the idle timeout
+  const auto& c = srv.counters();
+  CHECK(c.idle_timeout == 1);
+  CHECK(c.ended() == c.accepted);
+  MESSAGE("2 MiB send_all paced by a slow reader over " << test::ms(slow_took)
+          << " ms with idle_timeout 300 ms: not idle; the stalled one ended after "
+          << sent[1].bytes << " bytes");
+}
+
+TEST_CASE("server: bytes that arrived unread meet the first-byte deadline; a moved stream is still watched") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  // Busy 400 ms before its first read, then an echo on a stream of its own.
+  auto late_reader = [&](rn::stream& s, rn::inplace_stop_token finish) -> rn::task<void> {
+    rn::stream mine = std::move(s);
+    (void)co_await rn::sleep_for(ctx, 400ms, finish);
+    co_await test::echo(mine, finish);
+  };
+  rn::server srv(ctx, std::move(*l), late_reader, {.idle_timeout = 600ms, .first_byte_timeout = 150ms});
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  int echoes = 0;
+  test::read_result end;
+  std::jthread client([&] {  // sends at once, then a request every 100 ms for 1.5 s, then FIN
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    char buf[8];
+    for (int i = 0; i < 15; ++i) {
+      if (!test::write_all(fd, "ping") || ::recv(fd, buf, 4, MSG_WAITALL) != 4) break;
+      ++echoes;
+      std::this_thread::sleep_for(100ms);
+    }
+    ::shutdown(fd, SHUT_WR);
+    end = test::read_to_end(fd);
+    ::close(fd);
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 10'000 && srv.counters().ended() < 1; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    (void)co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  client.join();
+  CHECK(echoes == 15);
+  CHECK(end.error == 0);
+  const auto& c = srv.counters();
+  CHECK(c.first_byte_timeout == 0);
+  CHECK(c.idle_timeout == 0);
+  CHECK(c.ended() == c.accepted);
+}
+
+TEST_CASE("server: a handler that ignores its token and retries is cut off, by a deadline and by shutdown") {
+  test::watchdog dog(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  int retries = 0;
+  // Reads until EOF or a real error; a cancelled read is simply tried again, token or not.
+  auto stubborn = [&](rn::stream& s, rn::inplace_stop_token) -> rn::task<void> {
+    std::array<char, 64> buf;
+    for (int i = 0; i < 100'000; ++i) {
+      auto n = co_await s.recv(rn::buffer(buf));
+      if (n && *n == 0) co_return;
+      if (!n && n.error() != std::errc::operation_canceled) co_return;
+      if (!n) ++retries;
+    }
+  };
+  rn::server srv(ctx, std::move(*l), stubborn,
+                 {.close = {.drain_timeout = 300ms}, .idle_timeout = 200ms});
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  std::chrono::nanoseconds silent_waited{};
+  test::read_result silent_end;
+  std::jthread silent([&] {  // sends nothing: idle 200 ms, then cut off 300 ms after that
+    const int fd = test::raw_connect(ep);
+    test::bound_io_time(fd, 5);
+    const auto t0 = std::chrono::steady_clock::now();
+    silent_end = test::read_to_end(fd);
+    silent_waited = std::chrono::steady_clock::now() - t0;
+    ::close(fd);
+  });
+  std::chrono::nanoseconds shutdown_took{};
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 5000 && srv.counters().ended() < 1; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    // a second stubborn connection, ended by shutdown's grace instead
+    const int fd = test::raw_connect(ep);
+    for (int i = 0; i < 1000 && srv.active() < 1; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    (void)co_await srv.shutdown(100ms);
+    shutdown_took = std::chrono::steady_clock::now() - t0;
+    ::close(fd);
+  };
+  rn::sync_wait(ctx, body());
+  silent.join();
+  CHECK(silent_end.error == 0);  // FIN, not a reset
+  CHECK(silent_waited >= 450ms);
+  CHECK(silent_waited < 200ms + 300ms + 1s);
+  CHECK(shutdown_took < 100ms + 1s);
+  CHECK(retries >= 2);  // both were cancelled and tried again
+  const auto& c = srv.counters();
+  CHECK(c.idle_timeout == 1);
+  CHECK(c.ended() == c.accepted);
+  MESSAGE("a stubborn handler's silent client read EOF after " << test::ms(silent_waited)
+          << " ms (idle 200 ms + drain 300 ms); shutdown(100 ms) with one took " << test::ms(shutdown_took) << " ms");
+}
+
+TEST_CASE("server: keeps accepting whatever an accept completes with, with and without max_connections") {
+  // Under fault injection accepts fail with what a kernel may return (ECANCELED among them):
+  // the accept loop must go on until shutdown, never end by itself.
+  for (const std::size_t limit : {std::size_t{0}, std::size_t{2}}) {
+    CAPTURE(limit);
+    test::watchdog dog(30s);
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options());
+    auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+    REQUIRE(l);
+    rn::server srv(ctx, std::move(*l), echo, {.max_connections = limit, .accept_backoff_min = 1ms});
+    const auto ep = *srv.local_endpoint();
+    bool run_ended = false, shutting_down = false;
+    auto runner = [&]() -> rn::task<void> {
+      co_await srv.run();
+      test::invariant(shutting_down, "the accept loop ended before shutdown");
+      run_ended = true;
+    };
+    std::atomic<int> served{0};
+    std::atomic<bool> clients_done{false};
+    std::jthread clients([&] {  // 40 clients one after another, each tried up to 3 times
+      for (int i = 0; i < 40; ++i) {
+        const std::string msg = test::pattern(64, static_cast<std::uint32_t>(i));
+        for (int attempt = 0; attempt < 3; ++attempt) {
+          const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+          test::bound_io_time(fd, 2);
+          const bool ok = ::connect(fd, ep.data(), ep.size()) == 0 && test::write_all(fd, msg) &&
+                          ::shutdown(fd, SHUT_WR) == 0;
+          const auto back = ok ? test::read_to_end(fd) : test::read_result{};
+          ::close(fd);
+          if (ok && back.error == 0 && back.data == msg) {
+            ++served;
+            break;
+          }
+        }
+      }
+      clients_done = true;
+    });
+    auto body = [&]() -> rn::task<void> {
+      rn::spawn(ctx, runner());
+      for (int i = 0; i < 4000 && !clients_done && !run_ended; ++i)  // ≤ 20 s
+        (void)co_await rn::sleep_for(ctx, 5ms);
+      shutting_down = true;
+      (void)co_await srv.shutdown(1s);
+    };
+    rn::sync_wait(ctx, body());
+    clients.join();
+    CHECK(run_ended);
+    CHECK(served == 40);
+  }
+}

@@ -14,6 +14,10 @@
 #include <ringnet/task.hpp>
 #include <ringnet/timer.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <chrono>
 #include <concepts>
@@ -38,14 +42,17 @@ struct server_options {
   std::size_t max_connections = 0;
   /// No byte moved either way for this long: the server ends the connection (asks the handler to
   /// finish and cancels what it has in flight, then closes gracefully: FIN, drain, close). Counted
-  /// as idle_timeout.
+  /// as idle_timeout. Bytes move when a read or write completes, and while a send is in flight
+  /// when the peer acknowledges some of it (a long send_all to a slow reader is not idle).
   std::chrono::nanoseconds idle_timeout = no_timeout;
   /// The peer sent nothing within this long after the connection was accepted (connect-and-
-  /// vanish, slow-loris): ended as for idle_timeout, counted as first_byte_timeout. A handler
-  /// taking connection_limits& can re-arm such a deadline per request.
+  /// vanish, slow-loris): ended as for idle_timeout, counted as first_byte_timeout. A byte that
+  /// arrived counts even if the handler has not read it yet. A handler taking connection_limits&
+  /// can re-arm such a deadline per request.
   std::chrono::nanoseconds first_byte_timeout = no_timeout;
-  /// After an accept error (EMFILE, ENFILE, ENOBUFS, ENOMEM) accepting pauses this long, doubling
-  /// on each further error up to accept_backoff_max, back to the minimum after a success.
+  /// After an accept error (EMFILE, ENFILE, ENOBUFS, ENOMEM, or an accept the kernel cancelled)
+  /// accepting pauses this long (at least 1 ms), doubling on each further error up to
+  /// accept_backoff_max, back to the minimum after a success.
   std::chrono::nanoseconds accept_backoff_min = std::chrono::milliseconds(10);
   std::chrono::nanoseconds accept_backoff_max = std::chrono::seconds(1);
 };
@@ -111,19 +118,21 @@ class connection_limits {
  public:
   /// The peer must send at least one more byte within `d` from now, else the server ends the
   /// connection (counted as first_byte_timeout); no_timeout clears the deadline. A byte arriving
-  /// fulfils it. Replaces server_options::first_byte_timeout's deadline for this connection.
+  /// fulfils it, and so does one that arrived earlier and is not read yet. Replaces
+  /// server_options::first_byte_timeout's deadline for this connection.
   void expect_bytes_within(std::chrono::nanoseconds d) noexcept {
     bytes_deadline_ = detail::deadline_after(d);
-    bytes_baseline_ = s_->bytes_received();
+    bytes_baseline_ = socket_->bytes_received();
   }
 
  protected:
-  explicit connection_limits(const stream& s) noexcept : s_(&s) {}
+  // The socket's state, not the stream object: a handler may move the stream elsewhere.
+  explicit connection_limits(const detail::socket_state* socket) noexcept : socket_(socket) {}
   ~connection_limits() = default;
   connection_limits(const connection_limits&) = delete;
   connection_limits& operator=(const connection_limits&) = delete;
 
-  const stream* s_;
+  const detail::socket_state* socket_;
   std::chrono::steady_clock::time_point bytes_deadline_ = std::chrono::steady_clock::time_point::max();
   std::uint64_t bytes_baseline_ = 0;
 };
@@ -160,7 +169,8 @@ class server {
       ++busy_;
       spawn(*ctx_, watch_deadlines());
     }
-    auto backoff = opts_.accept_backoff_min;
+    const auto backoff_min = std::max(opts_.accept_backoff_min, std::chrono::nanoseconds(std::chrono::milliseconds(1)));
+    auto backoff = backoff_min;
     while (listener_.is_open() && !shutting_down_) {
       if (opts_.max_connections > 0 && active_ >= opts_.max_connections) {
         (void)co_await accept_wake_.wait(*ctx_);  // a connection ended, or shutdown
@@ -173,17 +183,15 @@ class server {
       else
         s = co_await listener_.next();
       if (!s) {
-        if (s.error() == std::errc::operation_canceled ||
-            s.error() == std::errc::bad_file_descriptor)
-          break;
-        // Out of descriptors or memory: the connection stays in the backlog; give connections
-        // time to end, longer each time it happens again.
+        if (shutting_down_ || !listener_.is_open()) break;
+        // Out of descriptors or memory (or an accept the kernel cancelled): the connection stays
+        // in the backlog; give connections time to end, longer each time it happens again.
         ++counters_.accept_errors;
         (void)co_await accept_wake_.wait(*ctx_, backoff);
         backoff = std::min(backoff * 2, opts_.accept_backoff_max);
         continue;
       }
-      backoff = opts_.accept_backoff_min;
+      backoff = backoff_min;
       ++counters_.accepted;
       // Counted before its task first runs, so the limit holds for the next turn of this loop.
       task<void> t = serve(std::move(*s));
@@ -211,9 +219,16 @@ class server {
     connections_.for_each([](connection& c) {  // grace expired: reset what is left
       if (c.closing) return;  // its drain deadline is the grace deadline: it ends by itself
       c.abort.request_stop();
-      c.s.cancel();
+      c.pin.cancel();
     });
-    while (busy_ > 0) (void)co_await sleep_for(*ctx_, std::chrono::seconds(1), all_done.get_token());
+    // A handler that ignores its token and retries what was cancelled is cut off: its socket is
+    // shut down both ways, so its reads see EOF and its sends fail.
+    while (busy_ > 0) {
+      (void)co_await sleep_for(*ctx_, tick(), all_done.get_token());
+      connections_.for_each([](connection& c) {
+        if (!c.closing) cut_off(c);
+      });
+    }
     all_done_ = nullptr;
     report_.elapsed = std::chrono::steady_clock::now() - t0;
     co_return report_;
@@ -228,8 +243,11 @@ class server {
   enum class ended_by { handler, idle_timeout, first_byte_timeout };
 
   struct connection : connection_limits {  // lives in its task's frame
-    explicit connection(stream st) noexcept : connection_limits(s), s(std::move(st)) {}
+    explicit connection(stream st) noexcept : connection_limits(nullptr), s(std::move(st)), pin(s) {
+      socket_ = pin.state();
+    }
     stream s;
+    detail::pinned_socket pin;   // the socket, wherever the handler moves the stream
     inplace_stop_source finish;  // shutdown or a deadline asks the handler to finish
     inplace_stop_source abort;   // grace expired: give up, reset
     connection* prev = nullptr;
@@ -238,6 +256,10 @@ class server {
     ended_by ended = ended_by::handler;
     std::uint64_t moved = 0;     // bytes either way at the last look of the deadline watch
     clock::time_point quiet_since{};
+    std::uint64_t acked = 0;     // the kernel's count of our bytes the peer acknowledged ...
+    bool acked_known = false;    // ... taken since the counters last moved
+    clock::time_point cut_off_at = clock::time_point::max();  // a deadline ended it: see cut_off
+    bool cut = false;
     using connection_limits::bytes_baseline_;
     using connection_limits::bytes_deadline_;
   };
@@ -304,28 +326,83 @@ class server {
       if (shutting_down_) break;
       const auto now = clock::now();
       connections_.for_each([&](connection& c) {
-        if (c.closing || c.finish.stop_requested()) return;
-        const std::uint64_t moved = c.s.bytes_received() + c.s.bytes_sent();
+        if (c.closing) return;
+        if (c.finish.stop_requested()) {
+          if (now >= c.cut_off_at) cut_off(c);  // ended by a deadline, and still running
+          return;
+        }
+        const detail::socket_state* st = c.pin.state();
+        if (!st) return;
+        const std::uint64_t moved = st->bytes_received() + st->bytes_sent();
         if (moved != c.moved) {
           c.moved = moved;
           c.quiet_since = now;
+          c.acked_known = false;
+        } else if (opts_.idle_timeout != no_timeout && st->sending()) {
+          // A send in flight counts its bytes when it completes (send_all's waits for all of
+          // them): whether the peer acknowledges more of it says whether it moves.
+          if (const auto k = kernel_counts(*st)) {
+            if (c.acked_known && k->acked != c.acked) c.quiet_since = now;
+            c.acked = k->acked;
+            c.acked_known = true;
+          }
         }
-        if (c.s.bytes_received() != c.bytes_baseline_) c.bytes_deadline_ = clock::time_point::max();
-        if (now >= c.bytes_deadline_)
-          end(c, ended_by::first_byte_timeout);
-        else if (opts_.idle_timeout != no_timeout && now - c.quiet_since >= opts_.idle_timeout)
-          end(c, ended_by::idle_timeout);
+        if (st->bytes_received() != c.bytes_baseline_) c.bytes_deadline_ = clock::time_point::max();
+        if (now >= c.bytes_deadline_) {
+          // Bytes that arrived while the handler was busy elsewhere fulfil the deadline too.
+          const auto k = kernel_counts(*st);
+          if (k && k->received > c.bytes_baseline_)
+            c.bytes_deadline_ = clock::time_point::max();
+          else
+            end(c, ended_by::first_byte_timeout, now);
+        } else if (opts_.idle_timeout != no_timeout && now - c.quiet_since >= opts_.idle_timeout) {
+          end(c, ended_by::idle_timeout, now);
+        }
       });
     }
     done_one();
   }
 
-  // Asks the handler to finish and cancels its operations in flight (so a handler that ignores
-  // its token returns too); the server then closes the stream gracefully.
-  static void end(connection& c, ended_by why) noexcept {
+  // Asks the handler to finish and cancels its operations in flight; the server then closes the
+  // stream gracefully. A handler still running close.drain_timeout later is cut off.
+  void end(connection& c, ended_by why, clock::time_point now) noexcept {
     c.ended = why;
     c.finish.request_stop();
-    c.s.cancel();
+    c.pin.cancel();
+    c.cut_off_at = detail::deadline_after(now, opts_.close.drain_timeout);
+  }
+
+  // For a handler that ignores its token and retries what was cancelled: shut the socket down
+  // both ways (its reads see EOF, its sends fail, the peer gets FIN), once.
+  static void cut_off(connection& c) noexcept {
+    if (c.cut || !c.pin.is_open()) return;
+    c.cut = true;
+    (void)::shutdown(c.pin.native_handle(), SHUT_RDWR);
+    c.pin.cancel();
+  }
+
+  // The kernel's byte counts of a connection (TCP_INFO): bytes received from the peer, and bytes
+  // of ours the peer acknowledged. Read only when a deadline is about to fire or a send is in
+  // flight on a quiet connection. glibc's struct tcp_info stops before these two fields of the
+  // kernel's (linux/tcp.h, since 4.1 and 4.6), which follow it at fixed offsets.
+  struct kernel_bytes {
+    std::uint64_t received = 0;
+    std::uint64_t acked = 0;
+  };
+  static std::optional<kernel_bytes> kernel_counts(const detail::socket_state& st) noexcept {
+    struct tcp_info_bytes {
+      ::tcp_info known;
+      std::uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+    };
+    static_assert(offsetof(tcp_info_bytes, bytes_acked) == 120 &&
+                  offsetof(tcp_info_bytes, bytes_received) == 128);
+    if (!st.is_open()) return std::nullopt;
+    tcp_info_bytes ti{};
+    socklen_t len = sizeof ti;
+    if (::getsockopt(st.fd(), IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(tcp_info_bytes, bytes_received) + sizeof ti.bytes_received)
+      return std::nullopt;
+    return kernel_bytes{ti.bytes_received, ti.bytes_acked};
   }
 
   // A connection a deadline ended is counted as that, however the close went.
