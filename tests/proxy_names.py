@@ -20,6 +20,7 @@ Exit 0 when every check passed, 1 on a failure, 77 (skip) when dnsmasq is not in
 Loopback only; every process started here is ended here, by its PID.
 """
 import os
+import random
 import re
 import select
 import shutil
@@ -67,6 +68,29 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def free_dns_port():
+    """A port free on HOST for both UDP and TCP (dnsmasq binds both), taken below the kernel's
+    ephemeral range: a port from that range is also every outgoing connection's local port, so
+    under load dnsmasq's TCP bind can lose the race for it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random(os.getpid() ^ int(time.time()))
+    for _ in range(200):
+        port = rnd.randint(10000, max(low, 11000) - 1)
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((HOST, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port for the DNS server")
+
+
 def read_line(pipe, timeout):
     """The first line a child prints, or '' after `timeout` seconds."""
     ready, _, _ = select.select([pipe], [], [], timeout)
@@ -96,7 +120,7 @@ class Dnsmasq:
     def __init__(self, binary, logdir):
         self.log = os.path.join(logdir, "dnsmasq.log")
         for _ in range(5):  # the UDP port may be taken between asking and binding
-            self.port = free_port(socket.SOCK_DGRAM)
+            self.port = free_dns_port()
             self.p = start([binary, "--no-daemon", "--keep-in-foreground", "--conf-file=/dev/null",
                             "--no-resolv", "--no-hosts", "--pid-file=", "--user=root", "--group=root",
                             "--listen-address=" + HOST, "--bind-interfaces", f"--port={self.port}",

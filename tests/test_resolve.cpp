@@ -11,9 +11,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stop_token>
 #include <string>
@@ -40,15 +43,34 @@ std::string find_program(const std::string& name) {
   return {};
 }
 
-// A UDP port on 127.0.0.1 free at the time of asking.
-std::uint16_t free_udp_port() {
-  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  const rn::endpoint any = rn::endpoint::loopback_v4(0);
-  REQUIRE(::bind(fd, any.data(), any.size()) == 0);
-  const std::uint16_t port = test::local_port(fd);
-  ::close(fd);
-  return port;
+// A port for the test's DNS server, free on 127.0.0.1 for both UDP and TCP (dnsmasq binds
+// both) when asked. Taken below the kernel's ephemeral range: a port from that range is also
+// every outgoing connection's (and TIME_WAIT's) local port, so under load the TCP bind lost the
+// race for it again and again.
+std::uint16_t free_dns_port() {
+  unsigned low = 32768;
+  if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%u", &low) != 1) low = 32768;
+    std::fclose(f);
+  }
+  const unsigned floor = 10000, top = std::max(low, floor + 1000) - 1;
+  static std::mt19937 pick(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::time(nullptr)));
+  for (int tries = 0; tries < 200; ++tries) {
+    const auto port = static_cast<std::uint16_t>(floor + pick() % (top - floor + 1));
+    const rn::endpoint at = rn::endpoint::loopback_v4(port);
+    bool free = true;
+    for (const int type : {SOCK_DGRAM, SOCK_STREAM}) {
+      const int fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+      REQUIRE(fd >= 0);
+      const int one = 1;
+      ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // as dnsmasq binds
+      free = free && ::bind(fd, at.data(), at.size()) == 0;
+      ::close(fd);
+    }
+    if (free) return port;
+  }
+  FAIL("no free port for the DNS server below " << low);
+  return 0;
 }
 
 // Whether something answers a DNS query (A of a-only.test) on 127.0.0.1:port within 200 ms.
@@ -81,7 +103,7 @@ class dns_server {
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(15);
     std::string why;
     for (int tries = 0; tries < 5 && pid_ < 0 && std::chrono::steady_clock::now() < give_up; ++tries) {
-      port_ = free_udp_port();
+      port_ = free_dns_port();
       start(binary);
       bool ready = false;
       while (!ready && !exited() && std::chrono::steady_clock::now() < give_up) ready = answers(port_);
