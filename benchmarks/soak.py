@@ -15,7 +15,8 @@ vanish (connects and closes at once), silent (connects and sends nothing: the fi
 ends it), flood (sends without ever reading: the idle timeout and the drain cap end it).
 
 usage: soak.py --echo PATH [--proxy PATH] [--target echo|proxy|both] [--seconds S]
-               [--concurrency N] [--seed N] [--json FILE] [--splice]
+               [--concurrency N] [--seed N] [--json FILE] [--splice | --paths copy|splice|both]
+--seconds is per program: with --paths both the proxy runs half of it on each relay path.
 Exit 0 when every check passed, 1 otherwise. Loopback only; every process started here is ended
 here, by its own PID; every client and phase is bounded in time.
 """
@@ -297,7 +298,7 @@ async def wait_until(pred, limit):
     return pred()
 
 
-async def soak(args, target, checks):
+async def soak(args, target, path, seconds, checks):
     limits = ["--idle-timeout", str(IDLE_TIMEOUT), "--first-byte-timeout", str(FIRST_BYTE_TIMEOUT),
               "--max-connections", str(MAX_CONNECTIONS), "--grace", str(GRACE)]
     echo = Server([args.echo, "--listen", f"{HOST}:0"] +
@@ -306,12 +307,12 @@ async def soak(args, target, checks):
     front = echo
     if target == "proxy":
         front = Server([args.proxy, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{echo.port}",
-                        "--splice" if args.splice else "--copy", "--idle-timeout", str(IDLE_TIMEOUT)] +
+                        "--" + path, "--idle-timeout", str(IDLE_TIMEOUT)] +
                        limits[2:])
         servers.append(front)
-    name = "ringnet-proxy" if target == "proxy" else "ringnet-echo"
+    name = f"ringnet-proxy ({path})" if target == "proxy" else "ringnet-echo"
     stats = Stats()
-    result = {"target": name, "seconds": args.seconds, "concurrency": args.concurrency}
+    result = {"target": name, "seconds": seconds, "concurrency": args.concurrency}
     try:
         # warm-up, then the baseline
         rnd = random.Random(args.seed)
@@ -321,9 +322,9 @@ async def soak(args, target, checks):
         stats = Stats()
         await asyncio.sleep(0.5)
         base = {"fds": front.fds(), "threads": front.threads(), "rss_kib": front.rss_kib()}
-        note(f"--- {name}: {args.concurrency} clients for {args.seconds} s; baseline {base}")
+        note(f"--- {name}: {args.concurrency} clients for {seconds} s; baseline {base}")
         t0 = time.monotonic()
-        until = t0 + args.seconds
+        until = t0 + seconds
         rss_peak = base["rss_kib"]
 
         async def sample():
@@ -361,7 +362,7 @@ async def soak(args, target, checks):
         for r, w in held:
             w.close()
         counters = None
-        counters = counters_of(front.stderr, name + ":")
+        counters = counters_of(front.stderr, name.split(" ")[0] + ":")  # the program's name
         made = warm_connections + stats.connections
         if counters is None:
             checks.append((False, f"{name}: no counters on stderr: {front.stderr.strip()[-300:]}"))
@@ -394,7 +395,9 @@ def main():
     ap.add_argument("--echo", required=True, help="ringnet-echo binary")
     ap.add_argument("--proxy", help="ringnet-proxy binary (for --target proxy or both)")
     ap.add_argument("--target", choices=["echo", "proxy", "both"], default="both")
-    ap.add_argument("--splice", action="store_true", help="the proxy relays with splice")
+    ap.add_argument("--splice", action="store_true", help="the proxy relays with splice (--paths splice)")
+    ap.add_argument("--paths", choices=["copy", "splice", "both"], default=None,
+                    help="the proxy's relay paths (default copy); both: half of --seconds each")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--concurrency", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1)
@@ -402,12 +405,18 @@ def main():
     args = ap.parse_args()
     if args.seconds <= 0 or args.concurrency < 1:
         ap.error("--seconds > 0 and --concurrency >= 1")
+    if args.splice and args.paths not in (None, "splice"):
+        ap.error("--splice and --paths " + args.paths + " contradict each other")
+    paths = {"copy": ["copy"], "splice": ["splice"], "both": ["copy", "splice"]}[
+        args.paths or ("splice" if args.splice else "copy")]
     targets = ["echo", "proxy"] if args.target == "both" else [args.target]
     if "proxy" in targets and not args.proxy:
         ap.error("--proxy is required for the proxy target")
+    runs = [(t, p, args.seconds / (len(paths) if t == "proxy" else 1))
+            for t in targets for p in (paths if t == "proxy" else ["copy"])]
     checks, results = [], []
-    for t in targets:
-        results.append(asyncio.run(soak(args, t, checks)))
+    for t, p, seconds in runs:
+        results.append(asyncio.run(soak(args, t, p, seconds, checks)))
     for ok, what in checks:
         note(("ok:   " if ok else "FAIL: ") + what)
     if args.json:
