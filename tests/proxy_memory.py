@@ -13,6 +13,7 @@ here, by its own PID. Bounded: each phase has a deadline, and the whole run is a
 """
 import argparse
 import os
+import re
 import resource
 import signal
 import socket
@@ -31,7 +32,8 @@ started = []
 
 
 def start(argv):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    # stderr is read at exit only: the tools print their counters there when they stop
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started.append(p)
     line = p.stdout.readline().strip()  # "listening on HOST:PORT"
     if not line.startswith("listening on "):
@@ -40,14 +42,21 @@ def start(argv):
 
 
 def stop(p):
+    """Ends p (SIGTERM, then SIGKILL after 10 s); its exit status and what it printed on stderr."""
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
-        try:
-            return p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
+    try:
+        _, err = p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    return p.returncode, err or ""
+
+
+def relays_failed(stderr):
+    """The proxy's count of relays that ended in an error ('relays: N, ..., F failed;')."""
+    m = re.search(r"relays: \d+,.* (\d+) failed;", stderr)
+    return int(m.group(1)) if m else None
 
 
 def rss_kib(pid):
@@ -133,7 +142,15 @@ def idle_case(proxy_argv, echo_port, n):
         for s in conns:
             s.close()
         check(wait_sockets(proxy.pid, base_sockets), "the proxy closed every relayed connection")
-        check(stop(proxy) == 0, "SIGTERM: the proxy exits 0")
+        time.sleep(0.2)
+        after = rss_kib(proxy.pid)
+        check(after - before <= 16 * KIB,
+              f"after the {n} connections closed: proxy RSS {after} KiB, {before} KiB before them "
+              f"(bound: + 16 MiB)")
+        rc, err = stop(proxy)
+        check(rc == 0, "SIGTERM: the proxy exits 0")
+        check(relays_failed(err) == 0, f"no relay failed (closing {n} at once needs no pipe each): "
+              f"{relays_failed(err)} failed")
     finally:
         stop(proxy)
 
@@ -166,7 +183,7 @@ def burst_case(proxy_argv, echo_port, k, mib):
         check(after - warm <= 16 * KIB,
               f"after the burst: proxy RSS {after} KiB, warm-up {warm} KiB, peak seen {peak[0]} KiB "
               f"(bound: warm-up + 16 MiB)")
-        check(stop(proxy) == 0, "SIGTERM: the proxy exits 0")
+        check(stop(proxy)[0] == 0, "SIGTERM: the proxy exits 0")
     finally:
         stop(proxy)
 

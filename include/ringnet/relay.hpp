@@ -24,8 +24,10 @@
 #include <ringnet/when_all.hpp>
 
 #include <liburing.h>
+#include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
@@ -375,6 +377,20 @@ class relay_core {
         }
       }
       if (!f.pipe.is_open()) {
+        // Readable with nothing queued is the FIN or an error: it is read without a pipe (a
+        // thousand connections closing at once would otherwise open a thousand pipes at once).
+        if (auto queued = f.src->unread_bytes(); queued && *queued == 0) {
+          char probe = 0;
+          const ssize_t n = ::recv(f.src->native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+          if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;  // nothing after all
+          if (n <= 0) {
+            auto end = co_await f.src->recv(buffer(&probe, 1), abort_.get_token());
+            if (aborting_) co_return;
+            if (end && *end == 0) break;
+            fail(f, end ? errno_code(EIO) : end.error());
+            co_return;
+          }
+        }
         if (const int r = f.pipe.open(opts_.buffer_size); r < 0) {
           fail(f, errno_code(-r));
           co_return;

@@ -14,6 +14,9 @@
 #include <ringnet/task.hpp>
 #include <ringnet/timer.hpp>
 
+#if __has_include(<malloc.h>)
+#include <malloc.h>  // malloc_trim (glibc)
+#endif
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -55,6 +58,10 @@ struct server_options {
   /// accept_backoff_max, back to the minimum after a success.
   std::chrono::nanoseconds accept_backoff_min = std::chrono::milliseconds(10);
   std::chrono::nanoseconds accept_backoff_max = std::chrono::seconds(1);
+  /// When a burst of connections has ended (a quarter or less left of at least 256 at once), free
+  /// heap memory goes back to the operating system (glibc's malloc_trim): the allocator would
+  /// otherwise keep the burst's pages resident, however few connections remain.
+  bool trim_after_burst = true;
 };
 
 /// How connections ended, for logs and metrics.
@@ -198,6 +205,7 @@ class server {
       ++active_;
       ++busy_;
       counters_.max_active = std::max(counters_.max_active, active_);
+      burst_peak_ = std::max(burst_peak_, active_);
       spawn(*ctx_, std::move(t));
     }
     done_one();
@@ -436,6 +444,22 @@ class server {
   void unlink(connection& c) noexcept {
     connections_.remove(c);
     if (active_-- == opts_.max_connections) accept_wake_.notify();  // room for the next one
+    if (opts_.trim_after_burst && !trim_due_ && burst_peak_ >= 256 && active_ <= burst_peak_ / 4) {
+      trim_due_ = true;
+      ++busy_;
+      spawn(*ctx_, trim_after_burst());
+    }
+  }
+
+  // A turn later, once the ended connections' frames are freed.
+  task<void> trim_after_burst() {
+    (void)co_await sleep_for(*ctx_, std::chrono::milliseconds(20));
+#if defined(__GLIBC__)
+    ::malloc_trim(0);
+#endif
+    burst_peak_ = active_;
+    trim_due_ = false;
+    done_one();
   }
   // busy_ counts the accept loop and every connection task; shutdown waits for all of them.
   void done_one() noexcept {
@@ -464,6 +488,8 @@ class server {
   detail::intrusive_list<connection> connections_;
   std::size_t active_ = 0;
   std::size_t busy_ = 0;
+  std::size_t burst_peak_ = 0;  // most connections at once since memory was last trimmed
+  bool trim_due_ = false;
   bool shutting_down_ = false;
   std::chrono::steady_clock::time_point deadline_{};
   inplace_stop_source* all_done_ = nullptr;

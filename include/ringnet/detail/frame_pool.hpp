@@ -19,7 +19,9 @@ class frame_pool {
   static constexpr std::size_t fine_limit = 2048;
   static constexpr std::size_t fine_classes = fine_limit / fine_step;  // 64 B ... 2 KiB
   static constexpr std::size_t classes = fine_classes + 5;              // 4 KiB ... 64 KiB
-  static constexpr std::size_t max_cached = 1024;  // per class: bursts do not pin memory forever
+  // Kept per class: at most 1,024 blocks and 1 MiB, so a burst does not pin memory forever.
+  static constexpr std::size_t max_cached = 1024;
+  static constexpr std::size_t max_cached_bytes = std::size_t{1} << 20;
 
   struct block {
     block* next;
@@ -51,7 +53,7 @@ class frame_pool {
 
   void deallocate(void* p, std::size_t n) noexcept {
     const std::size_t c = size_class(n);
-    if (c < classes && count_[c] < max_cached) {
+    if (c < classes && count_[c] < cache_limit(c)) {
       ++count_[c];
       free_[c] = new (p) block{free_[c]};
       return;
@@ -68,6 +70,9 @@ class frame_pool {
   }
   static constexpr std::size_t class_size(std::size_t c) noexcept {
     return c < fine_classes ? (c + 1) * fine_step : fine_limit << (c - fine_classes + 1);
+  }
+  static constexpr std::size_t cache_limit(std::size_t c) noexcept {
+    return max_cached_bytes / class_size(c) < max_cached ? max_cached_bytes / class_size(c) : max_cached;
   }
 
   block* free_[classes] = {};
