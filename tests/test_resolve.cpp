@@ -294,7 +294,8 @@ struct dual_listeners {
 };
 
 // A DNS server written here for what dnsmasq cannot do: it answers every A query at once and
-// every AAAA query only after `aaaa_delay` (with 127.0.0.1 and ::1, whatever the name).
+// every AAAA query only after `aaaa_delay` (with 127.0.0.1 and ::1, whatever the name), or never
+// when the delay is negative (as servers that drop AAAA queries do).
 class slow_aaaa_server {
  public:
   explicit slow_aaaa_server(std::chrono::milliseconds aaaa_delay)
@@ -373,7 +374,7 @@ class slow_aaaa_server {
       bool is_aaaa = false;
       r.packet = answer(buf, static_cast<std::size_t>(n), is_aaaa);
       r.at = std::chrono::steady_clock::now() + (is_aaaa ? delay_ : 0ms);
-      if (!r.packet.empty()) due.push_back(std::move(r));
+      if (!r.packet.empty() && !(is_aaaa && delay_ < 0ms)) due.push_back(std::move(r));
     }
   }
 
@@ -917,6 +918,29 @@ TEST_CASE("connect by name: an A answer waits resolution_delay for AAAA; a late 
     CHECK(r.attempts()[1].started_after >= 950ms);  // when the AAAA answer came
     CHECK(r.attempts()[1].started_after < 3s);
     CHECK(test::sockets_on_port(both.port, port_side::remote, tcp_state::syn_sent) == 0);
+  }
+}
+
+TEST_CASE("resolve: a server that drops AAAA queries costs the timeout, not the A answer") {
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  slow_aaaa_server drops_aaaa(-1ms);
+  rn::io_context ctx(test::context_options());
+  for (const int tries : {1, 2, 3}) {
+    CAPTURE(tries);
+    rn::resolve_options o = drops_aaaa.options();
+    o.timeout = 600ms;
+    o.tries = tries;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = rn::sync_wait(ctx, rn::resolve(ctx, "any.name", 80, o));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    REQUIRE_MESSAGE(r, r.what());
+    CHECK(texts(*r) == std::vector<std::string>{"127.0.0.1:80"});
+    CHECK(r.ttl() == 60s);
+    CHECK(took < 600ms + 500ms);
+    o.family = rn::address_family::v6;  // asked for AAAA alone, the silence is the answer
+    auto v6 = rn::sync_wait(ctx, rn::resolve(ctx, "any.name", 80, o));
+    CHECK(v6.error() == rn::resolve_errc::timed_out);
   }
 }
 

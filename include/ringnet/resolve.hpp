@@ -352,6 +352,31 @@ task<void> run_lookups(io_context& ctx, std::string host, std::uint16_t port, re
   if (ended_by) channel.cancel();
 }
 
+// One answer, or those of both families (IPv6 first): the addresses of each that has some, with
+// the smaller TTL. A stop is the answer whatever came before it; otherwise a family that timed
+// out or failed drops out if the other has addresses. With none, the error says the most:
+// canceled, then anything but no_data (not_found, timed_out, ...), then no_data.
+inline resolve_result merge_answers(const std::string& host, int count, dns_answer& first, dns_answer& second) {
+  dns_answer* answers[2] = {&first, &second};
+  std::vector<endpoint> found;
+  std::chrono::seconds ttl = resolve_result::forever;
+  const dns_answer* why = nullptr;
+  for (int i = 0; i < count; ++i) {
+    dns_answer& a = *answers[i];
+    if (a.error == make_error_code(resolve_errc::canceled))
+      return resolve_result(a.error, describe_lookup_failure(host, a.error));
+    if (a.error) {
+      if (!why || why->error == make_error_code(resolve_errc::no_data)) why = &a;
+      continue;
+    }
+    found.insert(found.end(), a.endpoints.begin(), a.endpoints.end());
+    ttl = std::min(ttl, a.ttl);
+  }
+  if (!found.empty()) return resolve_result(std::move(found), ttl);
+  const std::error_code ec = why ? why->error : make_error_code(resolve_errc::no_data);
+  return resolve_result(ec, describe_lookup_failure(host, ec, why ? why->detail : nullptr));
+}
+
 template <stoppable_token Token>
 task<resolve_result> resolve_host(io_context& ctx, std::string host, std::uint16_t port,
                                   resolve_options options, Token token) {
@@ -365,16 +390,19 @@ task<resolve_result> resolve_host(io_context& ctx, std::string host, std::uint16
   }
   if (is_localhost(host)) co_return resolve_result(localhost_endpoints(options.family, port));
   if (!valid_host_name(host)) co_return fail(resolve_errc::bad_name);
-  struct keep_answer {
-    dns_answer got;
-    void answer(dns_answer&& a) noexcept { got = std::move(a); }
+  // Both families are two lookups, not one AF_UNSPEC lookup: a server that drops one kind of
+  // query (some drop AAAA) then costs that family only, and the other's addresses are still the
+  // answer when the timeout ends the silent one.
+  struct keep_answers {
+    dns_answer got[2];  // IPv6, IPv4
+    void answer(dns_answer&& a) noexcept { got[a.family == AF_INET ? 1 : 0] = std::move(a); }
   } sink;
-  std::vector<int> families{family_code(options.family)};  // named: GCC cannot keep a braced
-                                                          // list's array across co_await
+  std::vector<int> families;  // named: GCC cannot keep a braced list's array across co_await
+  if (options.family == address_family::any) families = {AF_INET6, AF_INET};
+  else families = {family_code(options.family)};
   co_await run_lookups(ctx, host, port, options, std::move(families), sink, std::move(token));
-  if (sink.got.error)
-    co_return resolve_result(sink.got.error, describe_lookup_failure(host, sink.got.error, sink.got.detail));
-  co_return resolve_result(std::move(sink.got.endpoints), sink.got.ttl);
+  co_return merge_answers(host, options.family == address_family::any ? 2 : 1,
+                          sink.got[options.family == address_family::v4 ? 1 : 0], sink.got[1]);
 }
 
 }  // namespace detail
