@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cli {
 
@@ -103,10 +104,12 @@ inline host_port split_host_port(std::string_view text, const char* usage) {
 
 // Where to listen: the numeric address, or the first address of the name, looked up once on
 // `ctx`. A failed lookup is nullopt, after its message (which names the host) on stderr.
-inline std::optional<ringnet::endpoint> listen_address([[maybe_unused]] ringnet::io_context& ctx, const host_port& at) {
+inline std::optional<ringnet::endpoint> listen_address([[maybe_unused]] ringnet::io_context& ctx, const host_port& at,
+                                                       [[maybe_unused]] const std::vector<ringnet::endpoint>& dns_servers = {}) {
 #if RINGNET_EXAMPLES_RESOLVER
   if (!at.numeric) {
-    const ringnet::resolve_result r = ringnet::sync_wait(ctx, ringnet::resolve(ctx, at.host, at.port));
+    const ringnet::resolve_result r =
+        ringnet::sync_wait(ctx, ringnet::resolve(ctx, at.host, at.port, {.servers = dns_servers}));
     if (!r) {
       std::fprintf(stderr, "error: %s\n", r.what().c_str());
       return std::nullopt;

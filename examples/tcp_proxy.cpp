@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   try {
     rn::io_context ctx;
     rn::signal_set signals(ctx, {SIGINT, SIGTERM});
-    const std::optional<rn::endpoint> at = cli::listen_address(ctx, *listen);
+    const std::optional<rn::endpoint> at = cli::listen_address(ctx, *listen, dns_servers);
     if (!at) return 1;
     auto l = rn::listener::bind(ctx, *at, {.backlog = 4096});
     if (!l) {

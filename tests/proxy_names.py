@@ -293,12 +293,15 @@ def case_refused(proxy_exe, dns):
           f"refused: exit {rc} on SIGTERM, counted as unreachable; {last_line(err)}")
 
 
-def case_listen(proxy_exe, echo_exe, upstream_port):
-    for argv in ([echo_exe], [proxy_exe, "--upstream", f"{HOST}:{upstream_port}"]):
-        tool = Tool(argv[:1] + ["--listen", "localhost:0"] + argv[1:])
+def case_listen(proxy_exe, echo_exe, dns, upstream_port):
+    proxy = [proxy_exe, "--upstream", f"{HOST}:{upstream_port}"]
+    # localhost is answered without DNS; up.test only by the --dns-server given
+    for argv, name in (([echo_exe], "localhost"), (proxy, "localhost"),
+                       (proxy + ["--dns-server", f"{HOST}:{dns.port}"], "up.test")):
+        tool = Tool(argv[:1] + ["--listen", f"{name}:0"] + argv[1:])
         loopback = tool.address[0] in ("::1", HOST)
         ok, how = exchange(tool.address)
-        check(loopback and ok, f"listen: {tool.name} --listen localhost:0 said {tool.line.strip()!r} and "
+        check(loopback and ok, f"listen: {tool.name} --listen {name}:0 said {tool.line.strip()!r} and "
               f"serves there ({how})")
         rc, err = tool.stop()
         check(rc == 0, f"listen: {tool.name} exits {rc} on SIGTERM; {last_line(err)}")
@@ -322,7 +325,7 @@ def main():
             case_ttl(proxy_exe, dns, port)
             case_nxdomain(proxy_exe, dns, port)
             case_refused(proxy_exe, dns)
-            case_listen(proxy_exe, echo_exe, port)
+            case_listen(proxy_exe, echo_exe, dns, port)
             cleanup()
     except Exception as e:  # a broken harness is a failure, not a crash that leaks processes
         check(False, f"harness: {type(e).__name__}: {e}")
