@@ -208,6 +208,13 @@ struct silent_server {
   ~silent_server() { ::close(fd); }
   silent_server(const silent_server&) = delete;
   silent_server& operator=(const silent_server&) = delete;
+  // The queries received so far (each taken off the socket).
+  int take_queries() const {
+    int n = 0;
+    char buf[512];
+    while (::recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) ++n;
+    return n;
+  }
   [[nodiscard]] rn::resolve_options options(std::chrono::nanoseconds timeout) const {
     rn::resolve_options o;
     o.servers = {rn::endpoint::loopback_v4(port)};
@@ -728,10 +735,43 @@ TEST_CASE("connect_any: the overall timeout ends attempts that hang, leaving no 
   REQUIRE_FALSE(r);
   CHECK(r.error() == std::errc::timed_out);
   CHECK(r.attempts().size() == 2);
+  for (const rn::connect_attempt& a : r.attempts()) CHECK(a.error == std::errc::timed_out);  // not "canceled"
   CHECK(took >= 390ms);
   CHECK(took < 2s);
   CHECK(test::sockets_on_port(v6.l.port, port_side::remote, tcp_state::syn_sent) == 0);
   CHECK(test::sockets_on_port(v4.l.port, port_side::remote, tcp_state::syn_sent) == 0);
+}
+
+TEST_CASE("connect_any: an attempt delay below 10 ms is 10 ms") {
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  hanging_listener v6(rn::endpoint::loopback_v6(0));
+  hanging_listener v4(rn::endpoint::loopback_v4(0));
+  const rn::endpoint eps[] = {v6.endpoint(), v4.endpoint()};
+  for (const auto delay : {std::chrono::nanoseconds(0), std::chrono::nanoseconds(1ms), std::chrono::nanoseconds(-5ms)}) {
+    CAPTURE(test::ms(delay));
+    auto r = rn::sync_wait(ctx, rn::connect_any(ctx, eps, {.timeout = 150ms, .attempt_delay = delay}));
+    REQUIRE(r.attempts().size() == 2);
+    CHECK(r.attempts()[1].started_after - r.attempts()[0].started_after >= 9ms);
+    CHECK(r.attempts()[1].started_after - r.attempts()[0].started_after < 100ms);
+  }
+}
+
+TEST_CASE("resolve: tries is how many times the server is asked") {
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  silent_server silent;
+  rn::io_context ctx(test::context_options());
+  for (const int tries : {1, 3}) {
+    CAPTURE(tries);
+    rn::resolve_options o = silent.options(1500ms);
+    o.tries = tries;
+    o.family = rn::address_family::v4;  // one query per try
+    auto r = rn::sync_wait(ctx, rn::resolve(ctx, "a-only.test", 80, o));
+    CHECK(r.error() == rn::resolve_errc::timed_out);
+    CHECK(silent.take_queries() == tries);
+  }
 }
 
 TEST_CASE("connect_any: a stop ends the race promptly in every phase") {
@@ -942,6 +982,33 @@ TEST_CASE("resolve: a server that drops AAAA queries costs the timeout, not the 
     auto v6 = rn::sync_wait(ctx, rn::resolve(ctx, "any.name", 80, o));
     CHECK(v6.error() == rn::resolve_errc::timed_out);
   }
+}
+
+TEST_CASE("connect by name: a stop while A waits the resolution delay for AAAA ends it at once") {
+  test::watchdog wd(30s);
+  test::fd_leak_check fds;
+  slow_aaaa_server slow(1500ms);
+  dual_listeners both(false);
+  rn::io_context ctx(test::context_options());
+  rn::inplace_stop_source stop;
+  std::chrono::nanoseconds took{};
+  const rn::happy_eyeballs_options how{.resolution_delay = 1s, .lookup = slow.options()};
+  auto body = [&]() -> rn::task<rn::connect_result> {
+    auto stopper = [&]() -> rn::task<void> {
+      (void)co_await rn::sleep_for(ctx, 20ms);  // A is in (at once), AAAA is not: inside the 50 ms
+      stop.request_stop();
+    };
+    rn::spawn(ctx, stopper());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = co_await rn::connect(ctx, "any.name", both.port, how, stop.get_token());
+    took = std::chrono::steady_clock::now() - t0;
+    co_return r;
+  };
+  auto r = rn::sync_wait(ctx, body());
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == std::errc::operation_canceled);
+  CHECK(r.attempts().empty());  // no attempt started: IPv4 was still waiting for AAAA
+  CHECK(took < 500ms);
 }
 
 TEST_CASE("resolve: stopped with the A answer in and AAAA pending is canceled") {

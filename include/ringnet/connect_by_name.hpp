@@ -69,7 +69,8 @@ struct happy_eyeballs_options {
 
 /// One attempt of a race: where to, when it started (since the call began), and how it ended:
 /// no error for the winner, operation_canceled for an attempt stopped because another won (or
-/// the call was stopped), else what its connect() returned.
+/// the call was stopped), timed_out for one the overall timeout ended, else what its connect()
+/// returned.
 struct connect_attempt {
   endpoint to;
   std::chrono::nanoseconds started_after{};
@@ -112,6 +113,7 @@ struct race_attempt {
   inplace_stop_source stop;  // the race ends the attempt through it
   std::error_code error;
   bool finished = false;
+  bool cut_short = false;  // still running when the race was decided
 };
 
 // One family's endpoints, those not tried yet from `next` on, and its lookup's answer.
@@ -319,15 +321,23 @@ task<connect_result> run_race(std::shared_ptr<connection_race> st, std::string t
     co_await wait_for_news(s, wake_at, true);
   }
   s.ending = true;
-  for (race_attempt& a : s.attempts)
-    if (!a.finished) a.stop.request_stop();
+  for (race_attempt& a : s.attempts) {
+    if (a.finished) continue;
+    a.stop.request_stop();
+    a.cut_short = true;
+  }
   s.lookup_stop.request_stop();
   while (s.running > 0) co_await wait_for_news(s, race_clock::now() + std::chrono::hours(24), false);
   if (s.error) std::rethrow_exception(s.error);
 
   std::vector<connect_attempt> attempts;
   attempts.reserve(s.attempts.size());
-  for (const race_attempt& a : s.attempts) attempts.push_back({a.to, a.started_after, a.error});
+  for (const race_attempt& a : s.attempts) {
+    // An attempt the overall timeout cut short timed out; one a winner or a stop cut short was
+    // canceled.
+    const bool timed_out = a.cut_short && ended == std::errc::timed_out && a.error == std::errc::operation_canceled;
+    attempts.push_back({a.to, a.started_after, timed_out ? std::make_error_code(std::errc::timed_out) : a.error});
+  }
   if (s.winner) co_return connect_result(std::move(*s.winner), std::move(attempts), s.winner_index);
   std::string lookup_text;
   if (!ended && attempts.empty()) {
