@@ -95,9 +95,10 @@ struct tally {
 };
 
 #if RINGNET_EXAMPLES_RESOLVER
-// A named upstream's addresses, IPv6 first, kept for the answer's TTL. One per proxy, used on the
-// ring's thread only, so without a lock. There is no single-flight: connections that miss at the
-// same time (when the TTL has just passed) each look the name up, and the last answer stays.
+// A named upstream's addresses (IPv6 first), as the last connection by name found them, kept for
+// the answer's TTL. One per proxy, used on the ring's thread only, so without a lock. There is no
+// single-flight: connections that miss at the same time (when the TTL has just passed) each look
+// the name up, and the last answer stays.
 struct upstream_cache {
   const cli::host_port* upstream;
   rn::resolve_options lookup;
@@ -105,20 +106,15 @@ struct upstream_cache {
   std::chrono::steady_clock::time_point fetched{};
   std::chrono::seconds ttl{0};  // 0: nothing kept
 
-  template <class Token>
-  rn::task<rn::resolve_result> get(rn::io_context& ctx, Token token) {
+  [[nodiscard]] bool fresh() const noexcept {
     // Whole seconds compared with whole seconds: resolve_result::forever does not fit in ns.
-    if (std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - fetched) < ttl)
-      co_return rn::resolve_result(addresses, ttl);
-    rn::resolve_result r = co_await rn::resolve(ctx, upstream->host, upstream->port, lookup, token);
-    if (r) {
-      // connect_any starts with the first address's family.
-      std::stable_partition(r->begin(), r->end(), [](const rn::endpoint& e) { return e.is_v6(); });
-      addresses = *r;
-      fetched = std::chrono::steady_clock::now();
-      ttl = r.ttl();
-    }
-    co_return r;
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - fetched) < ttl;
+  }
+  void keep(const rn::connect_result& r) {
+    if (r.resolved().empty()) return;
+    addresses = r.resolved();
+    fetched = std::chrono::steady_clock::now();
+    ttl = r.ttl();
   }
 };
 #endif
@@ -145,23 +141,27 @@ struct proxy {
     co_return r.outcome();
   }
 
-  // A numeric upstream is connected to directly; a named one through its cache and a race over
-  // the addresses. A failure is counted and, for a named upstream, reported with the upstream's
-  // name (what() of a lookup names the host, that of a race only the addresses).
+  // A numeric upstream is connected to directly; a named one by a race over its cached addresses
+  // or, when they are not fresh, by name (Happy Eyeballs: AAAA and A looked up concurrently, A
+  // waiting at most 50 ms for AAAA), whose answer the cache keeps. A failure is counted (a failed
+  // lookup apart) and reported with the upstream's name.
   template <class Token>
   rn::task<rn::result<rn::stream>> connect_upstream(rn::io_context& ctx, Token finish) const {
 #if RINGNET_EXAMPLES_RESOLVER
     if (!upstream->numeric) {
-      const rn::resolve_result found = co_await named->get(ctx, finish);
-      if (!found) {
-        ++counts->resolve_failed;
-        std::fprintf(stderr, "ringnet-proxy: upstream %s: %s\n", upstream->text.c_str(), found.what().c_str());
-        co_return found.error();
+      const rn::happy_eyeballs_options how{.timeout = 10s, .attempt_delay = 250ms, .nodelay = true,
+                                           .lookup = named->lookup};
+      const bool cached = named->fresh();
+      rn::connect_result up(std::make_error_code(std::errc::operation_canceled), {}, {});
+      if (cached) {
+        up = co_await rn::connect_any(ctx, named->addresses, how, finish);
+      } else {
+        up = co_await rn::connect(ctx, upstream->host, upstream->port, how, finish);
+        named->keep(up);
       }
-      rn::connect_result up =
-          co_await rn::connect_any(ctx, *found, {.timeout = 10s, .attempt_delay = 250ms, .nodelay = true}, finish);
       if (!up) {
-        ++counts->upstream_unreachable;
+        const bool lookup_failed = up.error().category() == rn::resolve_category();
+        ++(lookup_failed ? counts->resolve_failed : counts->upstream_unreachable);
         std::fprintf(stderr, "ringnet-proxy: upstream %s: %s\n", upstream->text.c_str(), up.what().c_str());
       }
       co_return std::move(up);

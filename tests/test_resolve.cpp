@@ -834,6 +834,10 @@ TEST_CASE("connect by name: IPv6 first when both families answer; each record ki
     REQUIRE_MESSAGE(r, r.what());
     CHECK(r.peer() == expected);
     CHECK(r.attempts().size() == 1);
+    CHECK(!r.resolved().empty());  // at least the winner's family: the race waited for it
+    CHECK(r.ttl() == 300s);
+    if (std::string_view(host) != "both.test" && std::string_view(host) != "alias.test")
+      CHECK(r.resolved() == std::vector<rn::endpoint>{expected});  // one family: its one address
   }
   // "host:port", and the family narrowed to IPv4.
   const std::string text = "both.test:" + std::to_string(both.port);
@@ -844,6 +848,8 @@ TEST_CASE("connect by name: IPv6 first when both families answer; each record ki
   auto numeric = rn::sync_wait(ctx, rn::connect(ctx, "[::1]:" + std::to_string(both.port)));
   REQUIRE_MESSAGE(numeric, numeric.what());
   CHECK(numeric.peer() == v6);
+  CHECK(numeric.resolved().empty());  // no lookup ran
+  CHECK(numeric.ttl() == 0s);
 }
 
 TEST_CASE("connect by name: IPv6 hangs, IPv4 wins after the attempt delay") {

@@ -81,10 +81,14 @@ struct connect_attempt {
 /// every attempt made; on failure, what() says for which target and what each attempt got.
 class connect_result : public result<stream> {
  public:
-  connect_result(stream s, std::vector<connect_attempt> attempts, std::size_t winner) noexcept
-      : result(std::move(s)), attempts_(std::move(attempts)), winner_(winner) {}
-  connect_result(std::error_code ec, std::string what, std::vector<connect_attempt> attempts) noexcept
-      : result(ec), attempts_(std::move(attempts)), what_(std::move(what)) {}
+  connect_result(stream s, std::vector<connect_attempt> attempts, std::size_t winner,
+                 std::vector<endpoint> resolved = {}, std::chrono::seconds ttl = {}) noexcept
+      : result(std::move(s)), attempts_(std::move(attempts)), winner_(winner),
+        resolved_(std::move(resolved)), ttl_(ttl) {}
+  connect_result(std::error_code ec, std::string what, std::vector<connect_attempt> attempts,
+                 std::vector<endpoint> resolved = {}, std::chrono::seconds ttl = {}) noexcept
+      : result(ec), attempts_(std::move(attempts)), what_(std::move(what)),
+        resolved_(std::move(resolved)), ttl_(ttl) {}
 
   /// The endpoint connected to (a default endpoint on failure, or once moved from).
   [[nodiscard]] endpoint peer() const noexcept {
@@ -95,11 +99,20 @@ class connect_result : public result<stream> {
   /// On failure, e.g. `connecting to "example.test:80": connection refused ([::1]:80: connection
   /// refused; 127.0.0.1:80: connection refused)`; empty on success.
   [[nodiscard]] const std::string& what() const noexcept { return what_; }
+  /// Connecting by name: every address the lookup answered (IPv6 first), tried or not, and the
+  /// smallest TTL of their records — what a caller may keep and race again with connect_any
+  /// until the TTL passes (a family whose answer had not come when the race was decided is not
+  /// among them). Empty, with a TTL of 0, when no lookup ran (connect_any, numeric hosts,
+  /// localhost) or none answered.
+  [[nodiscard]] const std::vector<endpoint>& resolved() const noexcept { return resolved_; }
+  [[nodiscard]] std::chrono::seconds ttl() const noexcept { return ttl_; }
 
  private:
   std::vector<connect_attempt> attempts_;
   std::size_t winner_ = 0;
   std::string what_;
+  std::vector<endpoint> resolved_;
+  std::chrono::seconds ttl_{0};
 };
 
 namespace detail {
@@ -124,6 +137,7 @@ struct family_queue {
   race_clock::time_point answered_at{};
   std::error_code error;
   const char* detail = nullptr;
+  std::chrono::seconds ttl{0};
   [[nodiscard]] bool has_next() const noexcept { return next < endpoints.size(); }
 };
 
@@ -214,6 +228,7 @@ struct race_lookup_sink {
     q.endpoints = std::move(a.endpoints);
     q.error = a.error;
     q.detail = a.detail;
+    q.ttl = a.ttl;
     st->notify();
   }
 };
@@ -332,13 +347,24 @@ task<connect_result> run_race(std::shared_ptr<connection_race> st, std::string t
 
   std::vector<connect_attempt> attempts;
   attempts.reserve(s.attempts.size());
+  std::vector<endpoint> resolved;  // what a lookup answered
+  std::chrono::seconds ttl = resolve_result::forever;
+  if (!host.empty()) {
+    for (const family_queue* q : {&s.v6, &s.v4}) {
+      if (!q->answered || q->error || q->endpoints.empty()) continue;
+      resolved.insert(resolved.end(), q->endpoints.begin(), q->endpoints.end());
+      ttl = std::min(ttl, q->ttl);
+    }
+  }
+  if (resolved.empty()) ttl = std::chrono::seconds(0);
   for (const race_attempt& a : s.attempts) {
     // An attempt the overall timeout cut short timed out; one a winner or a stop cut short was
     // canceled.
     const bool timed_out = a.cut_short && ended == std::errc::timed_out && a.error == std::errc::operation_canceled;
     attempts.push_back({a.to, a.started_after, timed_out ? std::make_error_code(std::errc::timed_out) : a.error});
   }
-  if (s.winner) co_return connect_result(std::move(*s.winner), std::move(attempts), s.winner_index);
+  if (s.winner)
+    co_return connect_result(std::move(*s.winner), std::move(attempts), s.winner_index, std::move(resolved), ttl);
   std::string lookup_text;
   if (!ended && attempts.empty()) {
     const auto [ec, why] = lookup_failure(s);
@@ -347,7 +373,7 @@ task<connect_result> run_race(std::shared_ptr<connection_race> st, std::string t
   }
   const std::error_code ec = ended ? ended : s.last_failure;
   std::string what = describe_race_failure(target, ec, attempts, lookup_text);
-  co_return connect_result(ec, std::move(what), std::move(attempts));
+  co_return connect_result(ec, std::move(what), std::move(attempts), std::move(resolved), ttl);
 }
 
 inline connect_result unstarted_race(std::string_view target, std::error_code ec) {
