@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """The examples behave like Unix tools: --help (usage and every option with its default, on
 stdout, exit 0), --version, bad arguments on stderr with exit 2, the 'listening on HOST:PORT'
-line, SIGTERM -> exit 0.
+line, SIGTERM -> exit 0; and their limit flags take effect (--max-connections, --idle-timeout,
+--first-byte-timeout).
 
 usage: tools_cli.py PATH/TO/ringnet-echo PATH/TO/ringnet-proxy PROJECT_VERSION
 """
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 failures = []
 
@@ -57,6 +60,82 @@ def tool(path, name, version, options, required, bad_values):
             p.wait()
 
 
+class Running:
+    """A tool started with `argv` on 127.0.0.1:0; `port` is where it says it listens."""
+
+    def __init__(self, argv):
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:([0-9]+)\n", line)
+        self.port = int(m.group(1)) if m else 0
+
+    def stop(self):
+        """SIGTERM; (exit code, stderr)."""
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            _, err = self.p.communicate()
+        return self.p.returncode, err
+
+
+def echoed(c, timeout):
+    """Sends one byte on c; whether it comes back within `timeout` seconds."""
+    c.settimeout(timeout)
+    try:
+        c.sendall(b"x")
+        return c.recv(1) == b"x"
+    except OSError:
+        return False
+
+
+def ended_after(c, timeout):
+    """Seconds until c reads EOF or a reset (None if neither came within `timeout`)."""
+    t0 = time.monotonic()
+    c.settimeout(timeout)
+    try:
+        while c.recv(4096):
+            pass
+    except socket.timeout:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - t0
+
+
+def limits(echo, proxy):
+    """The limit flags take effect (the server's own tests check the limits in depth)."""
+    for name, argv in (("ringnet-echo", [echo]), ("ringnet-proxy", [proxy])):
+        upstream = Running([echo, "--listen", "127.0.0.1:0"]) if name == "ringnet-proxy" else None
+        extra = ["--upstream", "127.0.0.1:%d" % upstream.port] if upstream else []
+        t = Running(argv + ["--listen", "127.0.0.1:0", "--max-connections", "2", "--grace", "1"] + extra)
+        conns = [socket.create_connection(("127.0.0.1", t.port), timeout=5) for _ in range(3)]
+        first_two = echoed(conns[0], 5) and echoed(conns[1], 5)
+        third_waits = not echoed(conns[2], 0.5)
+        conns[0].close()
+        third_later = conns[2].recv(1) == b"x" if third_waits else False  # its byte was sent above
+        for c in conns[1:]:
+            c.close()
+        rc, err = t.stop()
+        check(first_two and third_waits and third_later and rc == 0 and "2 at most at once" in err,
+              "%s --max-connections 2: a third client waits until one ends (%s %s %s, exit %d; %s)"
+              % (name, first_two, third_waits, third_later, rc, err.strip().splitlines()[-1:]))
+        if upstream:
+            upstream.stop()
+    for flag, active, counted in (("--idle-timeout", True, "1 idle timeout"),
+                                  ("--first-byte-timeout", False, "1 first byte timeout")):
+        t = Running([echo, "--listen", "127.0.0.1:0", flag, "0.3", "--grace", "1"])
+        c = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        ok = echoed(c, 5) if active else True
+        took = ended_after(c, 5)
+        c.close()
+        rc, err = t.stop()
+        check(ok and took is not None and 0.2 <= took < 2.0 and rc == 0 and counted in err,
+              "ringnet-echo %s 0.3: the connection ends after %s s, counted (exit %d; %s)"
+              % (flag, None if took is None else round(took, 2), rc, err.strip().splitlines()[-1:]))
+
+
 def main():
     if len(sys.argv) != 4:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
@@ -101,6 +180,7 @@ def main():
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server", "nowhere"], "not numeric"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server", "ns.test:53"], "a name"),
           (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--dns-server"], "missing value")])
+    limits(echo, proxy)
     print("%d failed" % len(failures))
     return 1 if failures else 0
 
