@@ -722,3 +722,53 @@ TEST_CASE("relay: 1,000 concurrent relayed connections through rn::server, every
                        << test::ms(took) << " ms");
   }
 }
+
+TEST_CASE("relay: a reset on a quiet side (no buffer, no pipe held) is a reset, never a FIN") {
+  // On the splice path a quiet direction holds no pipe; a FIN or reset is then read without
+  // one. A reset must still reach the other side as a reset: a FIN would pass the bytes that
+  // went before as a complete stream.
+  for (const rn::relay_path path : {rn::relay_path::copy, rn::relay_path::splice}) {
+    for (const bool data_first : {false, true}) {
+      CAPTURE(name(path));
+      CAPTURE(data_first);
+      test::watchdog dog(30s);
+      test::fd_leak_check fds;
+      rn::io_context ctx(test::context_options());
+      auto front = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+      REQUIRE(front);
+      test::raw_listener up;
+      const int client = test::raw_connect(*front->local_endpoint());
+      auto a = rn::sync_wait(ctx, front->accept());
+      auto b = rn::sync_wait(ctx, rn::connect(ctx, up.endpoint(), {.timeout = 10s}));
+      REQUIRE(a);
+      REQUIRE(b);
+      const int upstream = up.accept_one();
+      test::read_result seen;
+      std::jthread peers([&] {
+        if (data_first) {
+          test::write_all(client, "hello");
+          char buf[5];
+          std::size_t n = 0;
+          while (n < 5) {
+            const ssize_t r = ::recv(upstream, buf + n, 5 - n, 0);
+            if (r <= 0) break;
+            n += static_cast<std::size_t>(r);
+          }
+          std::this_thread::sleep_for(400ms);  // the pipe (kept 200 ms) is gone
+        } else {
+          std::this_thread::sleep_for(100ms);
+        }
+        test::set_linger_rst(client);
+        ::close(client);
+        seen = test::read_to_end(upstream);
+        ::shutdown(upstream, SHUT_WR);  // so a relay that took the reset for a FIN would end too
+      });
+      const auto res = rn::sync_wait(ctx, rn::relay(*a, *b, {.path = path}));
+      peers.join();
+      ::close(upstream);
+      CHECK(res.a_to_b.end == rn::relay_end::reset);
+      CHECK(seen.error == ECONNRESET);
+      CHECK(seen.data.empty());  // ("hello" was read above) nothing more, and no clean end
+    }
+  }
+}

@@ -680,3 +680,42 @@ TEST_CASE("server: keeps accepting whatever an accept completes with, with and w
     CHECK(served == 40);
   }
 }
+
+TEST_CASE("server: a stream the handler destroys closes then, with or without deadlines to keep") {
+  for (const bool deadlines : {false, true}) {
+    CAPTURE(deadlines);
+    test::watchdog dog(30s);
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options());
+    auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+    REQUIRE(l);
+    auto drops = [&](rn::stream& s, rn::inplace_stop_token) -> rn::task<void> {
+      { rn::stream mine = std::move(s); }         // destroyed: the socket closes
+      (void)co_await rn::sleep_for(ctx, 1500ms);  // other work, not on the socket
+    };
+    rn::server_options o{};
+    if (deadlines) o.idle_timeout = 5s;  // the watch follows the socket: it lets go within a tick
+    rn::server srv(ctx, std::move(*l), drops, o);
+    const auto ep = *srv.local_endpoint();
+    rn::spawn(ctx, srv.run());
+    std::chrono::nanoseconds waited{};
+    test::read_result end;
+    std::jthread client([&] {
+      const int fd = test::raw_connect(ep);
+      const auto t0 = std::chrono::steady_clock::now();
+      end = test::read_to_end(fd);
+      waited = std::chrono::steady_clock::now() - t0;
+      ::close(fd);
+    });
+    auto body = [&]() -> rn::task<void> {
+      for (int i = 0; i < 5000 && srv.counters().ended() < 1; ++i) (void)co_await rn::sleep_for(ctx, 1ms);
+      (void)co_await srv.shutdown(1s);
+    };
+    rn::sync_wait(ctx, body());
+    client.join();
+    CHECK(end.error == 0);
+    CHECK(waited < 500ms);  // not when the handler returns, 1.5 s later
+    CHECK(srv.counters().closed_by_handler == 1);
+    CHECK(srv.counters().idle_timeout == 0);
+  }
+}

@@ -24,7 +24,7 @@
 #include <ringnet/when_all.hpp>
 
 #include <liburing.h>
-#include <sys/socket.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -377,13 +377,14 @@ class relay_core {
         }
       }
       if (!f.pipe.is_open()) {
-        // Readable with nothing queued is the FIN or an error: it is read without a pipe (a
+        // The peer's FIN or a reset with nothing queued before it is read without a pipe (a
         // thousand connections closing at once would otherwise open a thousand pipes at once).
-        if (auto queued = f.src->unread_bytes(); queued && *queued == 0) {
-          char probe = 0;
-          const ssize_t n = ::recv(f.src->native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-          if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;  // nothing after all
-          if (n <= 0) {
+        // poll() sees either without taking the error from the socket; nothing can follow them,
+        // so a recv of one byte then returns the FIN or the error through the usual path.
+        pollfd ended{f.src->native_handle(), POLLRDHUP, 0};
+        if (::poll(&ended, 1, 0) == 1 && (ended.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+          if (auto queued = f.src->unread_bytes(); queued && *queued == 0) {
+            char probe = 0;
             auto end = co_await f.src->recv(buffer(&probe, 1), abort_.get_token());
             if (aborting_) co_return;
             if (end && *end == 0) break;

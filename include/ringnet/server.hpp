@@ -129,11 +129,12 @@ class connection_limits {
   /// server_options::first_byte_timeout's deadline for this connection.
   void expect_bytes_within(std::chrono::nanoseconds d) noexcept {
     bytes_deadline_ = detail::deadline_after(d);
-    bytes_baseline_ = socket_->bytes_received();
+    bytes_baseline_ = socket_ ? socket_->bytes_received() : 0;
   }
 
  protected:
-  // The socket's state, not the stream object: a handler may move the stream elsewhere.
+  // The socket's state, not the stream object: a handler may move the stream elsewhere. Null
+  // once the handler let go of the stream.
   explicit connection_limits(const detail::socket_state* socket) noexcept : socket_(socket) {}
   ~connection_limits() = default;
   connection_limits(const connection_limits&) = delete;
@@ -227,7 +228,7 @@ class server {
     connections_.for_each([](connection& c) {  // grace expired: reset what is left
       if (c.closing) return;  // its drain deadline is the grace deadline: it ends by itself
       c.abort.request_stop();
-      c.pin.cancel();
+      c.socket().cancel();
     });
     // A handler that ignores its token and retries what was cancelled is cut off: its socket is
     // shut down both ways, so its reads see EOF and its sends fail.
@@ -251,11 +252,23 @@ class server {
   enum class ended_by { handler, idle_timeout, first_byte_timeout };
 
   struct connection : connection_limits {  // lives in its task's frame
-    explicit connection(stream st) noexcept : connection_limits(nullptr), s(std::move(st)), pin(s) {
-      socket_ = pin.state();
+    explicit connection(stream st) noexcept : connection_limits(nullptr), s(std::move(st)) {}
+    // With deadlines to keep, the watch follows the socket wherever the handler moves the stream;
+    // once the handler let go of it (destroyed it), the watch lets go too, so it closes.
+    void watch() noexcept {
+      pin.emplace(s);
+      socket_ = pin->state();
+    }
+    void unwatch() noexcept {
+      pin.reset();
+      socket_ = nullptr;
+    }
+    [[nodiscard]] const detail::socket_ops& socket() const noexcept {
+      if (pin) return *pin;
+      return s;
     }
     stream s;
-    detail::pinned_socket pin;   // the socket, wherever the handler moves the stream
+    std::optional<detail::pinned_socket> pin;
     inplace_stop_source finish;  // shutdown or a deadline asks the handler to finish
     inplace_stop_source abort;   // grace expired: give up, reset
     connection* prev = nullptr;
@@ -278,6 +291,7 @@ class server {
 
   task<void> serve(stream st) {
     connection c(std::move(st));
+    if (watching_deadlines()) c.watch();
     link(c);
     if (shutting_down_) c.finish.request_stop();
     c.quiet_since = clock::now();
@@ -339,8 +353,12 @@ class server {
           if (now >= c.cut_off_at) cut_off(c);  // ended by a deadline, and still running
           return;
         }
-        const detail::socket_state* st = c.pin.state();
-        if (!st) return;
+        if (!c.pin) return;
+        const detail::socket_state* st = c.pin->state();
+        if (!st || !st->handle_alive()) {  // the handler destroyed the stream: it is closing
+          c.unwatch();
+          return;
+        }
         const std::uint64_t moved = st->bytes_received() + st->bytes_sent();
         if (moved != c.moved) {
           c.moved = moved;
@@ -376,17 +394,18 @@ class server {
   void end(connection& c, ended_by why, clock::time_point now) noexcept {
     c.ended = why;
     c.finish.request_stop();
-    c.pin.cancel();
+    c.socket().cancel();
     c.cut_off_at = detail::deadline_after(now, opts_.close.drain_timeout);
   }
 
   // For a handler that ignores its token and retries what was cancelled: shut the socket down
   // both ways (its reads see EOF, its sends fail, the peer gets FIN), once.
   static void cut_off(connection& c) noexcept {
-    if (c.cut || !c.pin.is_open()) return;
+    const detail::socket_ops& s = c.socket();
+    if (c.cut || !s.is_open()) return;
     c.cut = true;
-    (void)::shutdown(c.pin.native_handle(), SHUT_RDWR);
-    c.pin.cancel();
+    (void)::shutdown(s.native_handle(), SHUT_RDWR);
+    s.cancel();
   }
 
   // The kernel's byte counts of a connection (TCP_INFO): bytes received from the peer, and bytes

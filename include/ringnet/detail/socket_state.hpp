@@ -79,6 +79,7 @@ class socket_state final : public fd_state, private buffer_user {
 
   // ---- sends in flight (shutdown_write waits for them: a SHUT_WR under a send fails it) ----
   void send_started() noexcept { ++sends_; }
+  using fd_state::handle_alive;  // whether a stream still holds this state
   [[nodiscard]] bool sending() const noexcept { return sends_ != 0; }
   void send_finished() noexcept {
     if (--sends_ == 0 && !send_waiters_.empty() && !owner()->draining())
