@@ -571,10 +571,15 @@ TEST_CASE("resolve: numeric addresses are answered with no server and no c-ares"
   nowhere.family = rn::address_family::v6;
   auto wrong_family = resolve_now(ctx, "127.0.0.1", nowhere);
   CHECK(wrong_family.error() == rn::resolve_errc::no_data);
-  for (std::string_view bad : {""sv, "[not-an-address]"sv, "a:b"sv, "name\0nul"sv}) {
+  for (std::string_view bad : {""sv, "[not-an-address]"sv, "a:b"sv, "name\0nul"sv, " "sv, "a b"sv, "."sv,
+                               "a..b"sv, ".a"sv, "tab\there"sv, "caf\xc3\xa9.test"sv, "127.1"sv, "10.0.0.300"sv}) {
+    INFO(rn::detail::printable(bad));
     auto r = resolve_now(ctx, bad, nowhere);
     CHECK(r.error() == rn::resolve_errc::bad_name);
   }
+  // What a failure says shows the host's bytes, not a raw NUL or newline.
+  auto nul = resolve_now(ctx, "a\0b\n"sv, nowhere);
+  CHECK(nul.what() == "resolving \"a\\x00b\\x0a\": not a valid host name");
 }
 
 TEST_CASE("resolve: a server that never answers ends in timed_out at the timeout") {

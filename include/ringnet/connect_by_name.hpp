@@ -394,7 +394,7 @@ inline std::string host_port_text(std::string_view host, std::uint16_t port) {
   const bool bare_v6 = host.find(':') != std::string_view::npos && host.front() != '[';
   std::string s = "\"";
   if (bare_v6) s += "[";
-  s.append(host);
+  s += printable(host);
   if (bare_v6) s += "]";
   s += ":" + std::to_string(port) + "\"";
   return s;
@@ -460,7 +460,7 @@ inline result<std::pair<std::string_view, std::uint16_t>> split_host_port(std::s
 template <stoppable_token Token>
 task<connect_result> race_host_port(io_context& ctx, std::string text, happy_eyeballs_options options, Token token) {
   const auto split = split_host_port(text);
-  if (!split) co_return unstarted_race("\"" + text + "\"", split.error());
+  if (!split) co_return unstarted_race("\"" + printable(text) + "\"", split.error());
   co_return co_await race_host(ctx, std::string(split->first), split->second, std::move(options), std::move(token));
 }
 

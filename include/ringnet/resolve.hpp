@@ -157,10 +157,27 @@ inline std::error_code resolve_error_of(int ares_status) noexcept {
   }
 }
 
+// Text as it may be shown: bytes outside printable ASCII (a NUL, a newline) as \xNN.
+inline std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c >= ' ' && c <= '~') {
+      out += c;
+    } else {
+      static constexpr char hex[] = "0123456789abcdef";
+      const auto b = static_cast<unsigned char>(c);
+      out += "\\x";
+      out += hex[b >> 4];
+      out += hex[b & 15];
+    }
+  }
+  return out;
+}
+
 inline std::string describe_lookup_failure(std::string_view host, std::error_code ec,
                                            const char* detail = nullptr) {
   std::string s = "resolving \"";
-  s.append(host);
+  s += printable(host);
   s += "\": ";
   s += ec.message();
   if (detail) {
@@ -186,11 +203,26 @@ inline std::optional<endpoint> numeric_host(std::string_view host, std::uint16_t
   return *e;
 }
 
-// What DNS can be asked about: 1-253 characters (254 with the root's trailing dot), no NUL,
-// no brackets or colons (those are left to numeric_host).
+// What DNS can be asked about: 1-253 characters (254 with the root's trailing dot) in labels of
+// 1-63 printable ASCII characters, no brackets or colons (those are left to numeric_host), and
+// a last label that is not all digits (a dotted number that is no IPv4 address, such as 127.1,
+// names nothing: top-level domains are never numeric).
 inline bool valid_host_name(std::string_view host) noexcept {
   if (host.empty() || host.size() > 254 || (host.size() == 254 && host.back() != '.')) return false;
-  return host.find_first_of(std::string_view("\0[]:", 4)) == std::string_view::npos;
+  if (host.back() == '.') host.remove_suffix(1);
+  std::size_t label = 0;
+  bool digits_only = true;
+  for (const char c : host) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      digits_only = true;
+      continue;
+    }
+    if (c <= ' ' || c > '~' || c == '[' || c == ']' || c == ':' || ++label > 63) return false;
+    digits_only = digits_only && c >= '0' && c <= '9';
+  }
+  return label > 0 && !digits_only;
 }
 
 // "localhost" (any case, with or without the root's dot) always means loopback (RFC 6761 §6.3),
