@@ -186,3 +186,55 @@ TEST_CASE("graceful_close: a stop request aborts it, reported as canceled") {
   CHECK(report.elapsed < 30s);
   ::close(p.peer);
 }
+
+TEST_CASE("graceful_close after the peer's FIN: close(2) sends our FIN, a send in flight first ends") {
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+  std::size_t send_bytes = 0;
+  SUBCASE("nothing to send") {}
+  // More than the socket buffers hold while the peer does not read: still in flight when
+  // graceful_close() begins, which must wait for it (closing now would cut it short).
+  SUBCASE("16 MiB still being sent") {
+    send_bytes = 16 << 20;
+    const int small = 64 * 1024;
+    REQUIRE(::setsockopt(p.peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+  }
+  REQUIRE(test::write_all(p.peer, "bye"));
+  ::shutdown(p.peer, SHUT_WR);
+  const std::string response = test::pattern(send_bytes, 3);
+  test::read_result seen;
+  std::jthread peer([&] {
+    std::this_thread::sleep_for(50ms);
+    seen = test::read_to_end(p.peer);
+  });
+  auto body = [&]() -> rn::task<rn::close_report> {
+    char buf[16];
+    auto got = co_await p.ours.recv(rn::buffer(buf));
+    CHECK(got.value_or(0) == 3);
+    got = co_await p.ours.recv(rn::buffer(buf));
+    CHECK(got.value_or(1) == 0);  // the peer's FIN
+    REQUIRE(p.ours.read_eof());
+    bool sent_all = false;
+    if (!response.empty()) {
+      rn::spawn(ctx, [](rn::stream& s, const std::string& r, bool& done) -> rn::task<void> {
+        done = (co_await s.send_all(rn::buffer(r))).bytes == r.size();
+      }(p.ours, response, sent_all));
+      CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());  // the spawned send starts meanwhile
+      REQUIRE_FALSE(sent_all);                                 // and is still in flight
+    }
+    auto report = co_await rn::graceful_close(p.ours, {.drain_timeout = 10s});
+    CHECK(sent_all == !response.empty());
+    co_return report;
+  };
+  const auto report = rn::sync_wait(ctx, body());
+  peer.join();
+  CHECK(report.outcome == rn::close_outcome::clean);
+  CHECK_FALSE(report.reset_sent);
+  CHECK(report.bytes_drained == 0);
+  CHECK(seen.error == 0);  // our FIN, not a reset
+  CHECK(seen.data == response);
+  ::close(p.peer);
+}

@@ -174,6 +174,10 @@ task<close_report> graceful_close_on(pinned_socket s, graceful_close_options opt
   };
   if (token.stop_requested()) {  // asked to give up before we began: RST, not FIN then RST
     finish(close_outcome::canceled, std::make_error_code(std::errc::operation_canceled));
+  } else if (s.read_eof() && !s.write_shut() && !s.state()->sending() && !s.connection_error()) {
+    // The peer finished first and nothing is being sent: close(2) sends our FIN itself, so a
+    // shutdown(2) before it would only cost a syscall (nothing is queued after a FIN: no RST).
+    finish(close_outcome::clean, {});
   } else if (auto shut = s.write_shut() ? result<void>{} : co_await s.shutdown_write(token, opts.shutdown);
              !shut) {
     finish(close_outcome_of(classify(shut.error())), shut.error());
