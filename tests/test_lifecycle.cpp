@@ -238,3 +238,98 @@ TEST_CASE("graceful_close after the peer's FIN: close(2) sends our FIN, a send i
   CHECK(seen.data == response);
   ::close(p.peer);
 }
+
+// After the peer's FIN the kernel moves a send that has to wait for room into an io-wq worker,
+// where neither IORING_OP_ASYNC_CANCEL nor a linked timeout reaches it. Ending the send, the
+// stream or its context must not wait until the peer reads (it may never): generated over {the
+// peer's FIN first or not} x {stop token, timeout, close, abort, destructor, context destroyed} x
+// {how long the send ran first}.
+TEST_CASE("ending a send the peer does not read, or its stream, ends it at once") {
+  enum class end_by { stop, timeout, close, abort, destroy, context_destroyed };
+  for (const bool fin_first : {false, true}) {
+    for (const end_by how : {end_by::stop, end_by::timeout, end_by::close, end_by::abort, end_by::destroy,
+                             end_by::context_destroyed}) {
+      for (const auto ran : {100us, 1000us, 20000us}) {
+        CAPTURE(fin_first);
+        CAPTURE(static_cast<int>(how));
+        CAPTURE(ran.count());
+        test::fd_leak_check fds;
+        std::optional<rn::io_context> ctx(std::in_place, test::context_options());
+        auto l = rn::listener::bind(*ctx, rn::endpoint::loopback_v4(0));
+        REQUIRE(l);
+        auto p = rn::sync_wait(*ctx, test::accept_raw_client(*l));
+        const int small = 64 * 1024;
+        REQUIRE(::setsockopt(p.peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+        if (fin_first) ::shutdown(p.peer, SHUT_WR);
+        const std::string response = test::pattern(16 << 20, 4);
+        auto stream = std::make_unique<rn::stream>(std::move(p.ours));
+        std::optional<rn::transfer_result> sent;
+        std::stop_source stop;
+        const auto deadline = how == end_by::timeout ? ran + 20ms : rn::no_timeout;
+        auto body = [&]() -> rn::task<std::chrono::steady_clock::duration> {
+          if (fin_first) {
+            char b[8];
+            CHECK((co_await stream->recv(rn::buffer(b))).value_or(1) == 0);
+          }
+          const auto t0 = std::chrono::steady_clock::now();
+          rn::spawn(*ctx, [](rn::stream& s, const std::string& r, std::stop_token token,
+                             std::chrono::nanoseconds timeout,
+                             std::optional<rn::transfer_result>& out) -> rn::task<void> {
+            out = co_await s.send_all(rn::buffer(r), token, timeout);
+          }(*stream, response, stop.get_token(), deadline, sent));
+          CHECK((co_await rn::sleep_for(*ctx, ran)).has_value());
+          REQUIRE_FALSE(sent.has_value());
+          const auto t1 = std::chrono::steady_clock::now();
+          switch (how) {
+            case end_by::stop: stop.request_stop(); break;
+            case end_by::timeout: break;
+            case end_by::close: CHECK((co_await stream->close()).has_value()); break;
+            case end_by::abort: CHECK((co_await stream->abort()).has_value()); break;
+            case end_by::destroy: stream.reset(); break;
+            case end_by::context_destroyed: co_return std::chrono::steady_clock::duration{};
+          }
+          for (int i = 0; i < 200 && !sent; ++i) CHECK((co_await rn::sleep_for(*ctx, 5ms)).has_value());
+          // From what ended it: a deadline counts from the start.
+          co_return std::chrono::steady_clock::now() - (how == end_by::timeout ? t0 + deadline : t1);
+        };
+        // The peer reads once the stream ended, or after 1.5 s (so that a stuck send fails the
+        // test instead of hanging it): what it sees is what the kernel had queued.
+        test::read_result seen;
+        std::atomic<bool> ended{false};
+        std::jthread peer([&] {
+          for (int i = 0; i < 150 && !ended; ++i) std::this_thread::sleep_for(10ms);
+          seen = test::read_to_end(p.peer);
+        });
+        auto took = rn::sync_wait(*ctx, body());
+        if (how == end_by::context_destroyed) {
+          const auto t0 = std::chrono::steady_clock::now();
+          ctx.reset();  // the send's detached task is destroyed, never resumed
+          took = std::chrono::steady_clock::now() - t0;
+          CHECK_FALSE(sent.has_value());
+          CHECK_FALSE(stream->is_open());
+        } else {
+          REQUIRE(sent.has_value());
+          CHECK(sent->error == (how == end_by::timeout ? std::errc::timed_out : std::errc::operation_canceled));
+          CHECK(sent->bytes < response.size());
+        }
+        if (how == end_by::stop || how == end_by::timeout) {
+          REQUIRE(stream->is_open());  // only the send ended: closing is the caller's
+          CHECK(rn::sync_wait(*ctx, stream->close()).has_value());
+        }
+        ended = true;
+        peer.join();
+        CHECK(took < 500ms);
+        if (how == end_by::abort) {
+          CHECK(seen.error == ECONNRESET);
+        } else {
+          CHECK(seen.error == 0);  // the queued bytes, then our FIN
+          CHECK(seen.data == response.substr(0, seen.data.size()));
+          if (sent) CHECK(seen.data.size() >= sent->bytes);
+        }
+        stream.reset();
+        l->close();
+        ::close(p.peer);
+      }
+    }
+  }
+}

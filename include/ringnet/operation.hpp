@@ -91,6 +91,12 @@ inline constexpr bool linkable_timeout_v = [] {
 }();
 template <class Op>
 concept submit_hooked = requires(Op& op, request& r) { op.submitted(r); };
+// An op the kernel may fail to cancel (it runs in an io-wq worker) names where the CQEs of its
+// cancel and of its linked timeout go, which end it another way when they report that failure.
+template <class Op>
+concept cancel_reporting = requires(const Op& op) {
+  { op.cancel_report() } noexcept -> std::same_as<std::uint64_t>;
+};
 template <class Op>
 concept settling = requires(Op& op, request& r, int res, std::uint32_t flags) {
   { op.settle(r, res, flags) } noexcept -> std::same_as<int>;
@@ -173,7 +179,10 @@ class [[nodiscard]] operation : detail::request {
       ts_ = detail::to_timespec(timeout_);
       io_uring_sqe* t = ring_->next_sqe();
       io_uring_prep_link_timeout(t, &ts_, 0);
-      io_uring_sqe_set_data64(t, detail::ignore_cqe);
+      if constexpr (detail::cancel_reporting<Op>)
+        io_uring_sqe_set_data64(t, op_.cancel_report());
+      else
+        io_uring_sqe_set_data64(t, detail::ignore_cqe);
     }
     if constexpr (detail::submit_hooked<Op>) op_.submitted(*this);
     stop_.arm(token_, cancel_);
@@ -184,7 +193,13 @@ class [[nodiscard]] operation : detail::request {
   }
 
  private:
-  static void cancel_request(void* r) noexcept { static_cast<detail::request*>(r)->cancel(); }
+  static void cancel_request(void* r) noexcept {
+    auto& self = static_cast<operation&>(*static_cast<detail::request*>(r));
+    if constexpr (detail::cancel_reporting<Op>) {
+      if (self.in_flight() && !self.cancel_sent()) return self.cancel(self.op_.cancel_report());
+    }
+    self.cancel();
+  }
 
   static void on_cqe(detail::request& req, int res, std::uint32_t flags) noexcept {
     auto& self = static_cast<operation&>(req);

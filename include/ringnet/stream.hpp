@@ -122,6 +122,7 @@ struct send_op : sending {
   void prepare(io_uring_sqe* sqe) const noexcept {
     io_uring_prep_send(sqe, st->fd(), data, io_length(len), flags | MSG_NOSIGNAL);
   }
+  std::uint64_t cancel_report() const noexcept { return st->send_cancel_report(); }
   static result<std::size_t> complete(int res, std::uint32_t) noexcept { return size_result(res); }
 };
 
@@ -487,7 +488,7 @@ inline task<result<void>> socket_ops::close(close_method how) const {
 inline task<result<void>> socket_ops::close_on(pinned_socket self, close_method how, bool reset) {
   socket_state* st = self.st_;
   if (!st || !st->is_open()) co_return result<void>{};
-  st->begin_close();
+  st->begin_close(reset);
   (void)co_await waiting<fd_state::idle_source, never_stop_token>({st}, {});
   const int fd = st->take_fd();
   if (fd < 0) co_return result<void>{};  // another close() took it

@@ -23,8 +23,8 @@ class fd_state : public ring_resource, public pooled {
  public:
   using destroy_fn = void (*)(fd_state*) noexcept;
 
-  fd_state(ring& r, io_context& ctx, int fd, gone_fn on_gone, destroy_fn destroy) noexcept
-      : ring_resource(on_gone), fd_(fd), ring_(&r), ctx_(&ctx), destroy_(destroy) {
+  fd_state(ring& r, io_context& ctx, int fd, event_fn on_ring_event, destroy_fn destroy) noexcept
+      : ring_resource(on_ring_event), fd_(fd), ring_(&r), ctx_(&ctx), destroy_(destroy) {
     r.add_resource(this);
   }
   fd_state(const fd_state&) = delete;
@@ -147,11 +147,11 @@ class descriptor_state final : public fd_state {
 
  private:
   descriptor_state(ring& r, io_context& ctx, int fd) noexcept
-      : fd_state(r, ctx, fd, &descriptor_state::on_ring_gone, &descriptor_state::destroy) {}
+      : fd_state(r, ctx, fd, &descriptor_state::on_ring_event, &descriptor_state::destroy) {}
   ~descriptor_state() = default;
   static void destroy(fd_state* s) noexcept { delete static_cast<descriptor_state*>(s); }
-  static void on_ring_gone(ring_resource* r) noexcept {
-    static_cast<descriptor_state&>(static_cast<fd_state&>(*r)).ring_gone();
+  static void on_ring_event(ring_resource* r, ring_event e) noexcept {
+    if (e == ring_event::gone) static_cast<descriptor_state&>(static_cast<fd_state&>(*r)).ring_gone();
   }
 };
 

@@ -79,7 +79,7 @@ class listener_state final : public fd_state {
 
  private:
   listener_state(ring& r, io_context& ctx, int fd)
-      : fd_state(r, ctx, fd, &listener_state::on_ring_gone, &listener_state::destroy),
+      : fd_state(r, ctx, fd, &listener_state::on_ring_event, &listener_state::destroy),
         accept_(*this),
         fds_(high_water * 2) {}
   ~listener_state() {
@@ -146,7 +146,8 @@ class listener_state final : public fd_state {
     if (wake) wake.resume();
   }
 
-  static void on_ring_gone(ring_resource* r) noexcept {
+  static void on_ring_event(ring_resource* r, ring_event e) noexcept {
+    if (e != ring_event::gone) return;
     auto& st = static_cast<listener_state&>(static_cast<fd_state&>(*r));
     st.waiters_.clear();
     st.close_queued();

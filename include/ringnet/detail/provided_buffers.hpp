@@ -153,7 +153,7 @@ class provided_buffers final : public ring_resource, public remote_node {
   };
 
   provided_buffers(ring& r, unsigned count, std::size_t size)
-      : ring_resource(&provided_buffers::on_ring_gone), remote_node{&provided_buffers::take_returned},
+      : ring_resource(&provided_buffers::on_ring_event), remote_node{&provided_buffers::take_returned},
         ring_(&r), count_(count), size_(size), mask_(io_uring_buf_ring_mask(count)),
         group_(r.next_buffer_group()), data_(new std::byte[count * size]),
         links_(new link[count]) {}
@@ -207,7 +207,8 @@ class provided_buffers final : public ring_resource, public remote_node {
       bid = next;
     }
   }
-  static void on_ring_gone(ring_resource* r) noexcept {
+  static void on_ring_event(ring_resource* r, ring_event e) noexcept {
+    if (e != ring_event::gone) return;
     auto& self = static_cast<provided_buffers&>(*r);
     self.registered_ = false;  // the kernel drops the group with the ring
     self.ring_ = nullptr;

@@ -58,11 +58,11 @@ class request : public completion {
   }
 
   // Asks the kernel to end the request (ring thread). Once per submission; the request's own
-  // final CQE says how it ended.
-  void cancel() noexcept {
+  // final CQE says how it ended, the cancel's own CQE goes to `report`.
+  void cancel(std::uint64_t report = ignore_cqe) noexcept {
     if (!in_flight_ || cancel_sent_) return;
     cancel_sent_ = true;
-    ring_->cancel(user_data());
+    ring_->cancel(user_data(), report);
   }
 
   [[nodiscard]] bool in_flight() const noexcept { return in_flight_; }

@@ -74,10 +74,13 @@ struct detached_link {
 };
 
 // Something alive beyond single requests that holds state on the ring (see the header comment).
+// `draining`: the ring is about to cancel everything and wait for it, and a resource may end what
+// a cancel cannot reach; `gone`: the ring is going away, nothing may keep a pointer to it.
+enum class ring_event { draining, gone };
 struct ring_resource {
-  using gone_fn = void (*)(ring_resource*) noexcept;
-  explicit ring_resource(gone_fn fn) noexcept : gone(fn) {}
-  gone_fn gone;
+  using event_fn = void (*)(ring_resource*, ring_event) noexcept;
+  explicit ring_resource(event_fn fn) noexcept : on_event(fn) {}
+  event_fn on_event;
   ring_resource* prev = nullptr;
   ring_resource* next = nullptr;
 };
@@ -164,10 +167,11 @@ class ring {
   void request_finished() noexcept { --in_flight_; }
 
   // Cancels the request whose user_data is `target`; its own CQE reports the outcome.
-  void cancel(std::uint64_t target) noexcept {
+  // `report`: where the cancel's own CQE goes (ignore_cqe: nowhere).
+  void cancel(std::uint64_t target, std::uint64_t report = ignore_cqe) noexcept {
     io_uring_sqe* sqe = get_sqes(1);
     io_uring_prep_cancel64(sqe, target, 0);
-    io_uring_sqe_set_data64(sqe, ignore_cqe);
+    io_uring_sqe_set_data64(sqe, report);
   }
 
   // ---- scheduling ---------------------------------------------------------------------
@@ -429,6 +433,7 @@ class ring {
     current_guard guard(this);
     draining_ = true;
     if (can_wait) {
+      for (ring_resource* r = resources_.front(); r; r = r->next) r->on_event(r, ring_event::draining);
       if (in_flight_ > 0 || wake_armed_) {
         io_uring_sqe* sqe = get_sqes(1);
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
@@ -458,7 +463,7 @@ class ring {
     // Either way nothing may keep a pointer to this ring.
     while (ring_resource* r = resources_.front()) {
       remove_resource(r);
-      r->gone(r);
+      r->on_event(r, ring_event::gone);
     }
   }
 

@@ -13,6 +13,7 @@
 #include <ringnet/detail/ring.hpp>
 
 #include <liburing.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <coroutine>
@@ -68,7 +69,12 @@ class socket_state final : public fd_state, private buffer_user {
     return res;
   }
   int settle_write(int res) noexcept {
+    ++writes_settled_;
     if (res > 0) sent_ += static_cast<std::uint64_t>(res);
+    if (cut_sends_left_ > 0) {  // one of the sends cut_sends() ended: a cancellation
+      --cut_sends_left_;
+      if (res < 0) return -ECANCELED;
+    }
     if (res < 0) note(res);
     return res;
   }
@@ -97,15 +103,27 @@ class socket_state final : public fd_state, private buffer_user {
     static int complete(int res) noexcept { return res; }
   };
 
+  // ---- sends the kernel cannot cancel (see cut_sends()) ----------------------------------
+  // user_data for the CQE of a send's cancel or linked timeout, once per SQE that carries it.
+  // ENOENT or EALREADY there, with sends still in flight, means the kernel could not stop the
+  // send, or that it completed and its CQE is yet to come. A check a moment later tells the two
+  // apart: if no send settled meanwhile, cut_sends() ends them, so that the caller's stop or
+  // deadline holds, at the price of our FIN: a send stopped half-way cut the byte stream anyway.
+  [[nodiscard]] std::uint64_t send_cancel_report() noexcept { return expect_cqe(cancel_report_); }
+  static constexpr __kernel_timespec stuck_send_check{0, 2'000'000};
+
   // ---- stream::cancel() and close() -------------------------------------------------------
   // Every request in flight is cancelled and every waiter woken with operation_canceled.
   void cancel_everything() noexcept {
     cancel_all();
     wake_waiters(-ECANCELED);
   }
-  void begin_close() noexcept {
+  // `reset`: the close is abortive (SO_LINGER {1, 0} is set).
+  void begin_close(bool reset = false) noexcept {
+    const bool open = is_open() && !closing();
     fd_state::begin_close();
     wake_waiters(-ECANCELED);
+    if (open) cut_sends(reset);
   }
   // After close(): queued buffers go back, the buffer ring is let go, the descriptor handed over.
   int take_fd() noexcept {
@@ -171,7 +189,7 @@ class socket_state final : public fd_state, private buffer_user {
 
  private:
   socket_state(ring& r, io_context& ctx, int fd) noexcept
-      : fd_state(r, ctx, fd, &socket_state::on_ring_gone, &socket_state::destroy),
+      : fd_state(r, ctx, fd, &socket_state::on_ring_event, &socket_state::destroy),
         buffer_user{&socket_state::on_refill, &socket_state::on_retire},
         rx_(*this) {}
   ~socket_state() {
@@ -182,6 +200,59 @@ class socket_state final : public fd_state, private buffer_user {
   static socket_state& of(buffer_user* u) noexcept { return static_cast<socket_state&>(*u); }
   static void destroy(fd_state* s) noexcept { delete static_cast<socket_state*>(s); }
 
+  // A send waiting for room that the kernel wakes without room (the peer's FIN wakes it, for one)
+  // is retried in an io-wq worker, where it blocks until there is room and a cancel does not reach
+  // it (IORING_OP_ASYNC_CANCEL answers ENOENT). It would hold a close, or the ring's teardown,
+  // until the peer reads everything, which it may never do. Ending our side ends it, with the
+  // bytes it moved: SHUT_WR queues the FIN the close sends anyway, behind the same data; an
+  // abortive close resets at once instead (connect(AF_UNSPEC)). Only while a send is in flight.
+  void cut_sends(bool reset = false) noexcept {
+    if (sends_ == 0 || !is_open() || sends_ == cut_sends_left_) return;
+    cut_sends_left_ = sends_;
+    write_shut_ = true;
+    if (reset) {
+      sockaddr unspec{};
+      unspec.sa_family = AF_UNSPEC;
+      (void)::connect(fd(), &unspec, sizeof unspec);
+    } else {
+      (void)::shutdown(fd(), SHUT_WR);
+    }
+  }
+  // A CQE for one of this state's own completions: keeps the state alive and the ring waiting
+  // until it arrives (got_cqe()).
+  struct own_completion : completion {
+    socket_state* st;
+  };
+  std::uint64_t expect_cqe(own_completion& c) noexcept {
+    pin();  // it may come after the send's own CQE, and after the handle let go
+    owner()->request_started();
+    return reinterpret_cast<std::uint64_t>(&c);
+  }
+  static socket_state& got_cqe(completion* c) noexcept {
+    socket_state& st = *static_cast<own_completion*>(c)->st;
+    st.owner()->request_finished();
+    return st;
+  }
+  static void on_send_cancel_report(completion* c, int res, std::uint32_t) noexcept {
+    socket_state& st = got_cqe(c);
+    if ((res == -ENOENT || res == -EALREADY) && st.sends_ != 0 && st.is_open() &&
+        !st.owner()->draining()) {
+      st.writes_at_report_ = st.writes_settled_;  // the latest such report is the one checked
+      if (!st.checking_) {
+        st.checking_ = true;
+        io_uring_sqe* sqe = st.owner()->get_sqes(1);
+        io_uring_prep_timeout(sqe, const_cast<__kernel_timespec*>(&stuck_send_check), 0, 0);
+        io_uring_sqe_set_data64(sqe, st.expect_cqe(st.stuck_check_));
+      }
+    }
+    st.unpin();  // may destroy the state: last
+  }
+  static void on_stuck_check(completion* c, int, std::uint32_t) noexcept {
+    socket_state& st = got_cqe(c);
+    st.checking_ = false;
+    if (st.writes_settled_ == st.writes_at_report_ && !st.owner()->draining()) st.cut_sends();
+    st.unpin();  // may destroy the state: last
+  }
   void note(int res) noexcept {
     if (error_ == 0 && connection_lost_errno(-res, write_shut_)) error_ = res;
   }
@@ -304,8 +375,9 @@ class socket_state final : public fd_state, private buffer_user {
     st.rx_.cancel();
     if (st.owner() && !st.owner()->draining()) st.rx_waiters_.wake_all(*st.owner(), -ECANCELED);
   }
-  static void on_ring_gone(ring_resource* res) noexcept {
+  static void on_ring_event(ring_resource* res, ring_event e) noexcept {
     auto& st = static_cast<socket_state&>(static_cast<fd_state&>(*res));
+    if (e == ring_event::draining) return st.cut_sends();
     st.forget_waiters();
     st.rx_unbind();
     st.ring_gone();
@@ -317,6 +389,12 @@ class socket_state final : public fd_state, private buffer_user {
   std::uint64_t received_ = 0;
   std::uint64_t sent_ = 0;
   std::uint32_t sends_ = 0;
+  std::uint32_t cut_sends_left_ = 0;  // sends in flight when cut_sends() ended them
+  std::uint32_t writes_settled_ = 0;
+  std::uint32_t writes_at_report_ = 0;  // writes_settled_ when a cancel could not be done
+  bool checking_ = false;              // stuck_check_ is armed
+  own_completion cancel_report_{{&socket_state::on_send_cancel_report}, this};
+  own_completion stuck_check_{{&socket_state::on_stuck_check}, this};
   wait_list send_waiters_;
   member_request<socket_state, &socket_state::on_rx> rx_;
   provided_buffers* rx_bufs_ = nullptr;
