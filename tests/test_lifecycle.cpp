@@ -333,3 +333,87 @@ TEST_CASE("ending a send the peer does not read, or its stream, ends it at once"
     }
   }
 }
+
+// The other side of the check above: a stop that loses its race (the send completed, its cancel
+// answers ENOENT) must not end another send that nobody asked to stop, here one waiting for room
+// at a peer that starts reading 30 ms later.
+TEST_CASE("a stop that loses its race to a send's completion ends no other send") {
+  for (const std::size_t stopped_len : {std::size_t{0}, std::size_t{16}}) {
+    CAPTURE(stopped_len);
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options());
+    auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+    REQUIRE(l);
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+    const int small = 64 * 1024;
+    REQUIRE(::setsockopt(p.peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    const std::string big = test::pattern(8 << 20, 7);
+    std::optional<rn::transfer_result> healthy;
+    std::optional<rn::result<std::size_t>> stopped;
+    std::atomic<bool> read_now{false};
+    test::read_result seen;
+    std::jthread peer([&] {
+      for (int i = 0; i < 300 && !read_now; ++i) std::this_thread::sleep_for(1ms);
+      seen = test::read_to_end(p.peer);
+    });
+    auto body = [&]() -> rn::task<void> {
+      rn::spawn(ctx, [](rn::stream& s, const std::string& r,
+                        std::optional<rn::transfer_result>& out) -> rn::task<void> {
+        out = co_await s.send_all(rn::buffer(r));
+      }(p.ours, big, healthy));
+      CHECK((co_await rn::sleep_for(ctx, 2ms)).has_value());  // it waits for room now
+      std::stop_source stop;
+      static const char header[16] = {};
+      rn::spawn(ctx, [](rn::stream& s, std::size_t n, std::stop_token token,
+                        std::optional<rn::result<std::size_t>>& out) -> rn::task<void> {
+        out = co_await s.send(rn::buffer(header, n), token);  // completes inline
+      }(p.ours, stopped_len, stop.get_token(), stopped));
+      rn::spawn(ctx, [](std::stop_source& s) -> rn::task<void> {
+        s.request_stop();  // in the same turn: its cancel finds the send gone
+        co_return;
+      }(stop));
+      CHECK((co_await rn::sleep_for(ctx, 30ms)).has_value());  // the check would have fired
+      read_now = true;
+      for (int i = 0; i < 400 && !healthy; ++i) CHECK((co_await rn::sleep_for(ctx, 5ms)).has_value());
+      CHECK_FALSE(p.ours.write_shut());
+      CHECK((co_await p.ours.close()).has_value());
+    };
+    rn::sync_wait(ctx, body());
+    peer.join();
+    REQUIRE(healthy.has_value());
+    CHECK_FALSE(healthy->error);
+    CHECK(healthy->bytes == big.size());
+    CHECK(seen.error == 0);
+    CHECK(seen.data.size() == big.size() + (stopped && stopped->has_value() ? **stopped : 0));
+    ::close(p.peer);
+  }
+}
+
+// A send_all whose deadline comes while its send is stuck (the peer half-closed and reads
+// nothing) reports timed_out, also when the cut send had moved bytes (MSG_WAITALL returns them).
+TEST_CASE("send_all stuck at its deadline reports timed_out") {
+  for (int round = 0; round < 6; ++round) {
+    CAPTURE(round);
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options());
+    auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+    REQUIRE(l);
+    auto p = rn::sync_wait(ctx, test::accept_raw_client(*l));
+    const int small = 64 * 1024;
+    REQUIRE(::setsockopt(p.peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    ::shutdown(p.peer, SHUT_WR);
+    const std::string big = test::pattern(16 << 20, 4);
+    auto body = [&]() -> rn::task<rn::transfer_result> {
+      char b[8];
+      CHECK((co_await p.ours.recv(rn::buffer(b))).value_or(1) == 0);
+      co_return co_await p.ours.send_all(rn::buffer(big), rn::never_stop_token{}, 3ms);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = rn::sync_wait(ctx, body());
+    CHECK(std::chrono::steady_clock::now() - t0 < 500ms);
+    CHECK(r.error == std::errc::timed_out);
+    CHECK(r.bytes < big.size());
+    CHECK(rn::sync_wait(ctx, p.ours.close()).has_value());
+    ::close(p.peer);
+  }
+}

@@ -175,7 +175,7 @@ class [[nodiscard]] operation : detail::request {
     op_.prepare(sqe);
     if (timed) {
       sqe->flags |= IOSQE_IO_LINK;
-      deadline_ = detail::deadline_after(timeout_);
+      deadline = detail::deadline_after(timeout_);
       ts_ = detail::to_timespec(timeout_);
       io_uring_sqe* t = ring_->next_sqe();
       io_uring_prep_link_timeout(t, &ts_, 0);
@@ -220,7 +220,7 @@ class [[nodiscard]] operation : detail::request {
   [[nodiscard]] int classify(int res) const noexcept {
     if (!detail::cancelled_result(res)) return res;
     if (token_.stop_requested()) return -ECANCELED;
-    if (timeout_ != no_timeout && std::chrono::steady_clock::now() >= deadline_) return -ETIMEDOUT;
+    if (timeout_ != no_timeout && std::chrono::steady_clock::now() >= deadline) return -ETIMEDOUT;
     return -ECANCELED;
   }
 
@@ -233,7 +233,6 @@ class [[nodiscard]] operation : detail::request {
   int res_ = 0;
   std::uint32_t cqe_flags_ = 0;
   std::chrono::nanoseconds timeout_ = no_timeout;
-  std::chrono::steady_clock::time_point deadline_{};
   __kernel_timespec ts_{};
 };
 

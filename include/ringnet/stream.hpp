@@ -104,6 +104,7 @@ struct recv_op : on_socket {
 struct sending : on_socket {
   std::optional<int> try_inline() const noexcept { return st->refuse_write(); }
   void submitted(request& r) const noexcept {
+    r.is_send = true;
     st->track(r);
     st->send_started();
   }
@@ -451,6 +452,10 @@ task<transfer_result> socket_ops::send_all_on(pinned_socket self, const_buffer b
   const auto deadline = deadline_after(timeout);
   transfer_result out;
   while (out.bytes < buf.size()) {
+    if (out.bytes > 0 && std::chrono::steady_clock::now() >= deadline) {
+      out.error = std::make_error_code(std::errc::timed_out);  // after a short send at the deadline
+      break;
+    }
     auto r = co_await operation<send_op, Token>(
         self.ring(), send_op{{{self.st_}}, buf.data() + out.bytes, buf.size() - out.bytes, MSG_WAITALL},
         token, until(deadline));

@@ -57,6 +57,10 @@ class fd_state : public ring_resource, public pooled {
   void cancel_all() noexcept {
     requests_.for_each([](request& r) { r.cancel(); });
   }
+  template <class F>
+  void for_each_request(F f) {
+    requests_.for_each(f);
+  }
 
   // co_await idle(): until nothing is in flight (a source for waiting<>).
   struct idle_source {

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <utility>
@@ -53,6 +54,8 @@ class request : public completion {
     io_uring_sqe_set_data64(sqe, user_data());
     in_flight_ = true;
     cancel_sent_ = false;
+    deadline = std::chrono::steady_clock::time_point::max();
+    is_send = false;
     r.request_started();
     return sqe;
   }
@@ -75,6 +78,10 @@ class request : public completion {
   // Membership in one list of its owner's choosing (a socket's requests in flight).
   request* prev = nullptr;
   request* next = nullptr;
+  // When its linked timeout ends it (max: none), and whether it sends on a socket: set after
+  // start(), for a socket to tell which of its requests a failed cancel was aimed at.
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  bool is_send = false;
 
  private:
   static void on_completion(completion* c, int res, std::uint32_t flags) noexcept {

@@ -69,7 +69,6 @@ class socket_state final : public fd_state, private buffer_user {
     return res;
   }
   int settle_write(int res) noexcept {
-    ++writes_settled_;
     if (res > 0) sent_ += static_cast<std::uint64_t>(res);
     if (cut_sends_left_ > 0) {  // one of the sends cut_sends() ended: a cancellation
       --cut_sends_left_;
@@ -105,10 +104,11 @@ class socket_state final : public fd_state, private buffer_user {
 
   // ---- sends the kernel cannot cancel (see cut_sends()) ----------------------------------
   // user_data for the CQE of a send's cancel or linked timeout, once per SQE that carries it.
-  // ENOENT or EALREADY there, with sends still in flight, means the kernel could not stop the
-  // send, or that it completed and its CQE is yet to come. A check a moment later tells the two
-  // apart: if no send settled meanwhile, cut_sends() ends them, so that the caller's stop or
-  // deadline holds, at the price of our FIN: a send stopped half-way cut the byte stream anyway.
+  // ENOENT or EALREADY there, while a send that was asked to stop (cancelled, or past its
+  // deadline) is still in flight, means the kernel could not stop it, or that it completed and its
+  // CQE is yet to come. A check a moment later tells the two apart: if such a send is still in
+  // flight then, cut_sends() ends it, so that the caller's stop or deadline holds, at the price of
+  // our FIN: a send stopped half-way cut the byte stream anyway.
   [[nodiscard]] std::uint64_t send_cancel_report() noexcept { return expect_cqe(cancel_report_); }
   static constexpr __kernel_timespec stuck_send_check{0, 2'000'000};
 
@@ -235,23 +235,27 @@ class socket_state final : public fd_state, private buffer_user {
   }
   static void on_send_cancel_report(completion* c, int res, std::uint32_t) noexcept {
     socket_state& st = got_cqe(c);
-    if ((res == -ENOENT || res == -EALREADY) && st.sends_ != 0 && st.is_open() &&
-        !st.owner()->draining()) {
-      st.writes_at_report_ = st.writes_settled_;  // the latest such report is the one checked
-      if (!st.checking_) {
-        st.checking_ = true;
-        io_uring_sqe* sqe = st.owner()->get_sqes(1);
-        io_uring_prep_timeout(sqe, const_cast<__kernel_timespec*>(&stuck_send_check), 0, 0);
-        io_uring_sqe_set_data64(sqe, st.expect_cqe(st.stuck_check_));
-      }
+    if ((res == -ENOENT || res == -EALREADY) && !st.checking_ && !st.owner()->draining() &&
+        st.stopped_send_in_flight()) {
+      st.checking_ = true;
+      io_uring_sqe* sqe = st.owner()->get_sqes(1);
+      io_uring_prep_timeout(sqe, const_cast<__kernel_timespec*>(&stuck_send_check), 0, 0);
+      io_uring_sqe_set_data64(sqe, st.expect_cqe(st.stuck_check_));
     }
     st.unpin();  // may destroy the state: last
   }
   static void on_stuck_check(completion* c, int, std::uint32_t) noexcept {
     socket_state& st = got_cqe(c);
     st.checking_ = false;
-    if (st.writes_settled_ == st.writes_at_report_ && !st.owner()->draining()) st.cut_sends();
+    if (!st.owner()->draining() && st.stopped_send_in_flight()) st.cut_sends();
     st.unpin();  // may destroy the state: last
+  }
+  [[nodiscard]] bool stopped_send_in_flight() noexcept {
+    if (sends_ == 0 || !is_open()) return false;
+    const auto now = std::chrono::steady_clock::now();
+    bool found = false;
+    for_each_request([&](request& r) { found |= r.is_send && (r.cancel_sent() || r.deadline <= now); });
+    return found;
   }
   void note(int res) noexcept {
     if (error_ == 0 && connection_lost_errno(-res, write_shut_)) error_ = res;
@@ -390,9 +394,7 @@ class socket_state final : public fd_state, private buffer_user {
   std::uint64_t sent_ = 0;
   std::uint32_t sends_ = 0;
   std::uint32_t cut_sends_left_ = 0;  // sends in flight when cut_sends() ended them
-  std::uint32_t writes_settled_ = 0;
-  std::uint32_t writes_at_report_ = 0;  // writes_settled_ when a cancel could not be done
-  bool checking_ = false;              // stuck_check_ is armed
+  bool checking_ = false;  // stuck_check_ is armed
   own_completion cancel_report_{{&socket_state::on_send_cancel_report}, this};
   own_completion stuck_check_{{&socket_state::on_stuck_check}, this};
   wait_list send_waiters_;
