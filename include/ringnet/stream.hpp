@@ -102,14 +102,18 @@ struct recv_op : on_socket {
 // Counted as a send (shutdown_write() waits for it): a send, or a splice into the socket. Refused
 // once the connection is over.
 struct sending : on_socket {
-  std::optional<int> try_inline() const noexcept { return st->refuse_write(); }
+  std::optional<int> try_inline() const noexcept {
+    if (auto r = st->refuse_write()) return r;
+    if (st->write_shut()) return -EPIPE;  // what the kernel would answer
+    return std::nullopt;
+  }
   void submitted(request& r) const noexcept {
     r.is_send = true;
     st->track(r);
     st->send_started();
   }
   int settle(request& r, int res, std::uint32_t) const noexcept {
-    res = st->settle_write(res);
+    res = st->settle_write(res, r.cut_off);
     st->send_finished();
     st->untrack(r);
     return res;
@@ -452,9 +456,10 @@ task<transfer_result> socket_ops::send_all_on(pinned_socket self, const_buffer b
   const auto deadline = deadline_after(timeout);
   transfer_result out;
   while (out.bytes < buf.size()) {
-    if (out.bytes > 0 && std::chrono::steady_clock::now() >= deadline) {
-      out.error = std::make_error_code(std::errc::timed_out);  // after a short send at the deadline
-      break;
+    if (out.bytes > 0) {  // after a short send: a stop or the deadline may have cut it short
+      if (token.stop_requested()) out.error = std::make_error_code(std::errc::operation_canceled);
+      else if (std::chrono::steady_clock::now() >= deadline) out.error = std::make_error_code(std::errc::timed_out);
+      if (out.error) break;
     }
     auto r = co_await operation<send_op, Token>(
         self.ring(), send_op{{{self.st_}}, buf.data() + out.bytes, buf.size() - out.bytes, MSG_WAITALL},

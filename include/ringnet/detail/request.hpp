@@ -56,6 +56,7 @@ class request : public completion {
     cancel_sent_ = false;
     deadline = std::chrono::steady_clock::time_point::max();
     is_send = false;
+    cut_off = false;
     r.request_started();
     return sqe;
   }
@@ -78,10 +79,12 @@ class request : public completion {
   // Membership in one list of its owner's choosing (a socket's requests in flight).
   request* prev = nullptr;
   request* next = nullptr;
-  // When its linked timeout ends it (max: none), and whether it sends on a socket: set after
-  // start(), for a socket to tell which of its requests a failed cancel was aimed at.
+  // When its linked timeout ends it (max: none), whether it sends on a socket, and whether the
+  // socket ended it another way (socket_state::cut_sends()): set after start(), for a socket to
+  // tell which of its requests a failed cancel was aimed at, and which it cut.
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   bool is_send = false;
+  bool cut_off = false;
 
  private:
   static void on_completion(completion* c, int res, std::uint32_t flags) noexcept {

@@ -68,12 +68,10 @@ class socket_state final : public fd_state, private buffer_user {
     if (res < 0) note(res);
     return res;
   }
-  int settle_write(int res) noexcept {
+  // `cut_off`: cut_sends() ended it, which is a cancellation, not the connection's end.
+  int settle_write(int res, bool cut_off = false) noexcept {
     if (res > 0) sent_ += static_cast<std::uint64_t>(res);
-    if (cut_sends_left_ > 0) {  // one of the sends cut_sends() ended: a cancellation
-      --cut_sends_left_;
-      if (res < 0) return -ECANCELED;
-    }
+    if (res < 0 && cut_off) return -ECANCELED;
     if (res < 0) note(res);
     return res;
   }
@@ -207,8 +205,12 @@ class socket_state final : public fd_state, private buffer_user {
   // bytes it moved: SHUT_WR queues the FIN the close sends anyway, behind the same data; an
   // abortive close resets at once instead (connect(AF_UNSPEC)). Only while a send is in flight.
   void cut_sends(bool reset = false) noexcept {
-    if (sends_ == 0 || !is_open() || sends_ == cut_sends_left_) return;
-    cut_sends_left_ = sends_;
+    if (sends_ == 0 || !is_open()) return;
+    bool uncut = false;
+    for_each_request([&](request& r) {
+      if (r.is_send && !r.cut_off) uncut = r.cut_off = true;
+    });
+    if (!uncut) return;
     write_shut_ = true;
     if (reset) {
       sockaddr unspec{};
@@ -393,7 +395,6 @@ class socket_state final : public fd_state, private buffer_user {
   std::uint64_t received_ = 0;
   std::uint64_t sent_ = 0;
   std::uint32_t sends_ = 0;
-  std::uint32_t cut_sends_left_ = 0;  // sends in flight when cut_sends() ended them
   bool checking_ = false;  // stuck_check_ is armed
   own_completion cancel_report_{{&socket_state::on_send_cancel_report}, this};
   own_completion stuck_check_{{&socket_state::on_stuck_check}, this};
