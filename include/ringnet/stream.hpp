@@ -502,14 +502,7 @@ inline task<result<void>> socket_ops::close_on(pinned_socket self, close_method 
   (void)co_await waiting<fd_state::idle_source, never_stop_token>({st}, {});
   const int fd = st->take_fd();
   if (fd < 0) co_return result<void>{};  // another close() took it
-  if (reset) {
-    // The RST of SO_LINGER {1, 0} goes out when the last reference to the socket is dropped, and
-    // a request that ran in an io-wq worker (a splice) may hold one past its CQE, until the ring
-    // is next entered: connect(AF_UNSPEC) resets the connection now, whoever still holds it.
-    sockaddr unspec{};
-    unspec.sa_family = AF_UNSPEC;
-    (void)::connect(fd, &unspec, sizeof unspec);
-  }
+  if (reset) reset_connection(fd);  // a splice's worker may still hold the socket
   detail::ring* ring = self.ring();
   const bool direct = how == close_method::syscall || !ring || !ring->caps().close_op;
   co_return co_await operation<close_op>(ring, close_op{fd, direct});

@@ -31,6 +31,15 @@ namespace detail {
 // (MAX_RW_COUNT), which also fits the SQE's 32-bit length and the CQE's int result.
 inline constexpr std::size_t max_io_size = 0x7ffff000;
 
+// Resets the connection now (RST, sent by connect(AF_UNSPEC)), whoever still holds the socket:
+// the RST of SO_LINGER {1, 0} would wait for the last reference to go, and a request that ran in
+// an io-wq worker may hold one past its CQE.
+inline void reset_connection(int fd) noexcept {
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  (void)::connect(fd, &unspec, sizeof unspec);
+}
+
 class socket_state final : public fd_state, private buffer_user {
  public:
   static socket_state* open(ring& r, io_context& ctx, int fd) { return new socket_state(r, ctx, fd); }
@@ -203,7 +212,7 @@ class socket_state final : public fd_state, private buffer_user {
   // it (IORING_OP_ASYNC_CANCEL answers ENOENT). It would hold a close, or the ring's teardown,
   // until the peer reads everything, which it may never do. Ending our side ends it, with the
   // bytes it moved: SHUT_WR queues the FIN the close sends anyway, behind the same data; an
-  // abortive close resets at once instead (connect(AF_UNSPEC)). Only while a send is in flight.
+  // abortive close resets at once instead. Only while a send is in flight.
   void cut_sends(bool reset = false) noexcept {
     if (sends_ == 0 || !is_open()) return;
     bool uncut = false;
@@ -212,13 +221,10 @@ class socket_state final : public fd_state, private buffer_user {
     });
     if (!uncut) return;
     write_shut_ = true;
-    if (reset) {
-      sockaddr unspec{};
-      unspec.sa_family = AF_UNSPEC;
-      (void)::connect(fd(), &unspec, sizeof unspec);
-    } else {
+    if (reset)
+      reset_connection(fd());
+    else
       (void)::shutdown(fd(), SHUT_WR);
-    }
   }
   // A CQE for one of this state's own completions: keeps the state alive and the ring waiting
   // until it arrives (got_cqe()).
