@@ -27,7 +27,8 @@ namespace test {
 
 // RINGNET_TEST_RING_MODE=defer|coop|basic picks the most capable ring mode to try;
 // RINGNET_TEST_DISABLE_OPS=18,45,... disables opcodes so the syscall fallbacks run;
-// RINGNET_TEST_REGISTER_RING_FD=0 leaves the ring's descriptor unregistered.
+// RINGNET_TEST_REGISTER_RING_FD=0 leaves the ring's descriptor unregistered;
+// RINGNET_TEST_SEND_INLINE=0 sends everything through the ring (no send(2) at once).
 inline rn::io_context_options context_options(unsigned entries = 256) {
   rn::io_context_options o;
   o.entries = entries;
@@ -37,6 +38,7 @@ inline rn::io_context_options context_options(unsigned entries = 256) {
     if (mode == "basic") o.mode = rn::ring_mode::basic;
   }
   if (const char* r = std::getenv("RINGNET_TEST_REGISTER_RING_FD")) o.register_ring_fd = std::string_view(r) != "0";
+  if (const char* r = std::getenv("RINGNET_TEST_SEND_INLINE")) o.send_inline = std::string_view(r) != "0";
   if (const char* ops = std::getenv("RINGNET_TEST_DISABLE_OPS")) {
     for (const char* p = ops; *p;) {
       char* end = nullptr;

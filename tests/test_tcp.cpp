@@ -495,3 +495,158 @@ TEST_CASE("listener: EMFILE ends the multishot with a clear error; the next call
   ::setrlimit(RLIMIT_NOFILE, &saved);
   for (int c : clients) ::close(c);
 }
+
+// A send alone in its turn is made at once with send(2) (io_context_options::send_inline); every
+// other one is submitted. Both ways must give the same outcome in every state of the socket: the
+// same error, the same count, the same bytes at the peer, the same connection_error() after.
+namespace {
+enum class send_state { fresh, large_to_reader, after_our_fin, peer_reset, closed, stopped_before };
+constexpr std::array all_send_states = {send_state::fresh,      send_state::large_to_reader,
+                                        send_state::after_our_fin, send_state::peer_reset,
+                                        send_state::closed,     send_state::stopped_before};
+const char* name(send_state s) {
+  constexpr const char* n[] = {"fresh", "large, peer reading", "after our FIN", "peer reset", "closed",
+                               "stopped before"};
+  return n[static_cast<int>(s)];
+}
+
+struct send_outcome {
+  std::error_code error;
+  std::size_t bytes = 0;
+  std::string peer_read;  // everything the peer read, to EOF or its error
+  bool connection_error = false;
+  bool operator==(const send_outcome&) const = default;
+};
+
+// A context that makes lone sends at once or not, and an accepted stream with its plain peer.
+struct send_setup {
+  rn::io_context ctx;
+  rn::listener l;
+  test::stream_pair pair;
+  static rn::io_context_options options(bool inline_sends) {
+    rn::io_context_options o = test::context_options();
+    o.send_inline = inline_sends;
+    return o;
+  }
+  explicit send_setup(bool inline_sends)
+      : ctx(options(inline_sends)),
+        l(rn::listener::bind(ctx, rn::endpoint::loopback_v4(0)).value()),
+        pair(rn::sync_wait(ctx, test::accept_raw_client(l))) {
+    test::bound_io_time(pair.peer);
+  }
+};
+
+send_outcome send_in_state(send_state state, bool whole, bool inline_sends) {
+  send_setup setup(inline_sends);
+  rn::io_context& ctx = setup.ctx;
+  rn::stream& s = setup.pair.ours;
+  int& peer = setup.pair.peer;
+  const std::string payload = test::pattern(state == send_state::large_to_reader ? 4 << 20 : 64);
+  send_outcome out;
+  std::jthread reader;  // reads to EOF from the start: the peer of a large send
+  if (state == send_state::large_to_reader)
+    reader = std::jthread([&, fd = peer] { out.peer_read = test::read_to_end(fd).data; });
+  rn::inplace_stop_source stop;
+  switch (state) {
+    case send_state::after_our_fin: REQUIRE(rn::sync_wait(ctx, s.shutdown_write())); break;
+    case send_state::peer_reset: {
+      test::set_linger_rst(peer);
+      ::close(std::exchange(peer, -1));
+      pollfd p{s.native_handle(), POLLIN, 0};  // the RST has arrived once ours polls readable
+      REQUIRE(::poll(&p, 1, 2000) == 1);
+      break;
+    }
+    case send_state::closed: REQUIRE(rn::sync_wait(ctx, s.close())); break;
+    case send_state::stopped_before: stop.request_stop(); break;
+    default: break;
+  }
+  auto body = [&]() -> rn::task<void> {
+    if (whole) {
+      auto r = co_await s.send_all(rn::buffer(payload), stop.get_token());
+      out.error = r.error;
+      out.bytes = r.bytes;
+    } else {
+      auto r = co_await s.send(rn::buffer(payload), stop.get_token());
+      if (r) out.bytes = *r;
+      else out.error = r.error();
+    }
+    out.connection_error = static_cast<bool>(s.connection_error());
+    (void)co_await s.close();
+  };
+  rn::sync_wait(ctx, body());
+  reader = {};  // joined: the peer read to our FIN
+  if (peer >= 0) {
+    if (state != send_state::large_to_reader) out.peer_read = test::read_to_end(peer).data;
+    ::close(peer);
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("send and send_all: made at once by send(2) or submitted, the outcome is the same") {
+  test::fd_leak_check fds;
+  for (send_state state : all_send_states) {
+    for (bool whole : {false, true}) {
+      const std::string state_name = name(state);
+      CAPTURE(state_name);
+      CAPTURE(whole);
+      const send_outcome submitted = send_in_state(state, whole, false);
+      const send_outcome at_once = send_in_state(state, whole, true);
+      CHECK(at_once.error == submitted.error);
+      if (whole) CHECK(at_once.bytes == submitted.bytes);  // a lone send() may be short either way
+      CHECK(at_once.connection_error == submitted.connection_error);
+      for (const send_outcome* o : {&submitted, &at_once}) {
+        const std::string sent = test::pattern(state == send_state::large_to_reader ? 4 << 20 : 64);
+        // The peer reads exactly the bytes reported sent, in order.
+        CHECK(o->peer_read == sent.substr(0, o->bytes));
+        switch (state) {
+          case send_state::fresh:
+          case send_state::large_to_reader:
+            CHECK(!o->error);
+            CHECK(o->bytes > 0);
+            if (whole || state == send_state::fresh) CHECK(o->bytes == sent.size());
+            break;
+          case send_state::after_our_fin: CHECK(o->error == std::errc::broken_pipe); break;
+          case send_state::peer_reset:
+            CHECK(o->error == std::errc::connection_reset);
+            CHECK(o->connection_error);
+            break;
+          case send_state::closed: CHECK(o->error == std::errc::bad_file_descriptor); break;
+          case send_state::stopped_before: CHECK(o->error == std::errc::operation_canceled); break;
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("send: alone in its turn it completes at once; beside other work it is submitted") {
+  test::fd_leak_check fds;
+  for (bool inline_sends : {false, true}) {
+    CAPTURE(inline_sends);
+    send_setup setup(inline_sends);
+    rn::io_context& ctx = setup.ctx;
+    rn::stream& s = setup.pair.ours;
+    const int peer = setup.pair.peer;
+    const std::string first = test::pattern(64, 1), second = test::pattern(64, 2);
+    auto body = [&]() -> rn::task<void> {
+      // Nothing else in this turn: made at once by send(2) when allowed, so no suspension.
+      auto alone = s.send(rn::buffer(first));
+      const bool at_once = alone.await_ready();
+      CHECK(at_once == inline_sends);
+      rn::result<std::size_t> r1 = std::size_t{0};
+      if (at_once) r1 = alone.await_resume();
+      else r1 = co_await s.send(rn::buffer(first));
+      CHECK(r1.value() == first.size());
+      // A coroutine is waiting to run in this turn: the send joins the next submission.
+      rn::spawn(ctx, []() -> rn::task<void> { co_return; }());
+      auto beside = s.send(rn::buffer(second));
+      CHECK(!beside.await_ready());
+      auto r2 = co_await beside;
+      CHECK(r2.value() == second.size());
+      (void)co_await s.close();
+    };
+    rn::sync_wait(ctx, body());
+    CHECK(test::read_to_end(peer).data == first + second);
+    ::close(peer);
+  }
+}

@@ -30,6 +30,11 @@ struct io_context_options {
   /// keeps to one thread; kernel 5.18): each io_uring_enter then skips a file table lookup. The
   /// registration holds the ring until ~io_context undoes it on that thread, or the thread exits.
   bool register_ring_fd = true;
+  /// send() and send_all() first try send(2) with MSG_DONTWAIT when no other send is in flight on the
+  /// socket and nothing else is queued for the ring in this turn; what the socket buffer does not
+  /// take is submitted as usual. One syscall replaces the io_uring_enter that would carry the send
+  /// alone and return with its completion. Off: every send goes through the ring.
+  bool send_inline = true;
 };
 
 class io_context;
@@ -45,7 +50,8 @@ class io_context {
   /// allows. Throws std::system_error when io_uring is unavailable (ENOSYS, EPERM).
   explicit io_context(const options& opts = {})
       : ring_(detail::ring_setup{opts.entries, opts.cq_entries, static_cast<int>(opts.mode),
-                                 opts.disabled_ops, opts.register_ring_fd}) {}
+                                 opts.disabled_ops, opts.register_ring_fd,
+                                 opts.send_inline}) {}
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
   /// Cancels what is still in flight, waits for the kernel to let go of it, and destroys the

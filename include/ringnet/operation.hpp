@@ -7,6 +7,8 @@
 //     void prepare(io_uring_sqe*) noexcept;               // fill the SQE
 //     R complete(int res, std::uint32_t flags) noexcept;  // the settled result (>= 0 or -errno)
 //     // optional: std::optional<int> try_inline() noexcept;   a result without the kernel
+//     // optional: std::optional<int> try_syscall() noexcept;  a result from a non-blocking
+//     //           syscall instead of a request, tried once the stop token was checked
 //     // optional: void submitted(detail::request&) noexcept;  it is in flight (a socket counts it)
 //     // optional: int settle(detail::request&, int res, std::uint32_t flags) noexcept;  on the
 //     //           ring's thread at the final CQE, before anyone resumes: interpret the result,
@@ -79,6 +81,10 @@ inline std::chrono::nanoseconds until(std::chrono::steady_clock::time_point t) n
 template <class Op>
 concept inline_completing = requires(Op& op) {
   { op.try_inline() } noexcept -> std::same_as<std::optional<int>>;
+};
+template <class Op>
+concept syscall_completing = requires(Op& op) {
+  { op.try_syscall() } noexcept -> std::same_as<std::optional<int>>;
 };
 template <class Op>
 concept discarding = requires(int res) { Op::discard(res); };
@@ -164,6 +170,13 @@ class [[nodiscard]] operation : detail::request {
     if (token_.stop_requested()) {
       res_ = -ECANCELED;
       return true;
+    }
+    if constexpr (detail::syscall_completing<Op>) {
+      if (timeout_.count() <= 0) return false;  // past its deadline before it began
+      if (std::optional<int> r = op_.try_syscall()) {
+        res_ = *r;
+        return true;
+      }
     }
     return false;
   }

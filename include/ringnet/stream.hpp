@@ -124,6 +124,10 @@ struct send_op : sending {
   const void* data;
   std::size_t len;
   int flags;
+  bool may_inline = true;  // send(2) at once where the ring allows (ring::may_send_inline())
+  std::optional<int> try_syscall() const noexcept {
+    return may_inline ? st->send_inline(data, len) : std::nullopt;
+  }
   void prepare(io_uring_sqe* sqe) const noexcept {
     io_uring_prep_send(sqe, st->fd(), data, io_length(len), flags | MSG_NOSIGNAL);
   }
@@ -461,8 +465,10 @@ task<transfer_result> socket_ops::send_all_on(pinned_socket self, const_buffer b
       else if (std::chrono::steady_clock::now() >= deadline) out.error = std::make_error_code(std::errc::timed_out);
       if (out.error) break;
     }
+    // Only the first send may go inline: after a short one the socket has no room.
     auto r = co_await operation<send_op, Token>(
-        self.ring(), send_op{{{self.st_}}, buf.data() + out.bytes, buf.size() - out.bytes, MSG_WAITALL},
+        self.ring(),
+        send_op{{{self.st_}}, buf.data() + out.bytes, buf.size() - out.bytes, MSG_WAITALL, out.bytes == 0},
         token, until(deadline));
     if (!r) {
       out.error = r.error();

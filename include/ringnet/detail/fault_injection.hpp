@@ -81,6 +81,10 @@ class fault_injector {
     errors_ = nop_injects_results();
   }
 
+  // A send that could be made at once with send(2) goes to the ring instead, where faults are
+  // injected, half of the time.
+  [[nodiscard]] bool keep_off_inline() noexcept { return limit_ != 0 && (next() & 1) == 0; }
+
   // get_sqes(): act as if the submission queue were full.
   [[nodiscard]] bool sq_full() noexcept { return chance(); }
 

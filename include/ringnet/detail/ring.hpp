@@ -41,6 +41,7 @@ struct ring_setup {
   int weakest_first = 0;    // 0: try DEFER_TASKRUN first, 1: COOP_TASKRUN first, 2: no flags
   std::bitset<256> disabled_ops;
   bool register_ring_fd = true;
+  bool send_inline = true;
 };
 
 // What the kernel can do, by name. The probe lists opcodes, not flags: where a capability is a
@@ -102,7 +103,7 @@ RINGNET_TLS_ACCESSOR inline ring*& current_ring() noexcept {
 
 class ring {
  public:
-  explicit ring(const ring_setup& s) : register_ring_fd_(s.register_ring_fd) {
+  explicit ring(const ring_setup& s) : register_ring_fd_(s.register_ring_fd), send_inline_(s.send_inline) {
     setup(s);
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) {
@@ -144,6 +145,19 @@ class ring {
   [[nodiscard]] io_uring& native() noexcept { return ring_; }
   // True while the ring is being destroyed: completions settle but resume nobody.
   [[nodiscard]] bool draining() const noexcept { return draining_; }
+  // Whether a send may be made at once with send(2) rather than submitted: only when it would be
+  // the only request the next io_uring_enter submits (no SQE queued, no completion of this turn
+  // left to dispatch, no coroutine left to run). That enter would return at once with the send's
+  // completion and the turn after it would wait: the send(2) takes the place of one enter and one
+  // completion. Where other requests are queued, the send shares their enter instead.
+  [[nodiscard]] bool may_send_inline() noexcept {
+    if (!send_inline_ || draining_ || io_uring_sq_ready(&ring_) != 0 || turn_left_ != 0 || !ready_.empty())
+      return false;
+#ifdef RINGNET_DETAIL_FAULTS
+    if (faults_.keep_off_inline()) return false;
+#endif
+    return true;
+  }
   // Provided-buffer group ids are per ring.
   [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_buffer_group_++; }
 
@@ -384,7 +398,11 @@ class ring {
 
   void run_ready() {
     running_.swap(ready_);
-    for (std::coroutine_handle<> h : running_) h.resume();
+    for (std::size_t i = 0, n = running_.size(); i < n; ++i) {
+      turn_left_ = static_cast<unsigned>(n - i - 1);
+      running_[i].resume();
+    }
+    turn_left_ = 0;
     running_.clear();
   }
 
@@ -403,7 +421,12 @@ class ring {
       // Copy and release the CQ slots before resuming anyone: handlers may submit and enter.
       for (unsigned i = 0; i < n; ++i) copy[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
       io_uring_cq_advance(&ring_, n);
-      for (unsigned i = 0; i < n; ++i) dispatch(copy[i].user_data, copy[i].res, copy[i].flags);
+      for (unsigned i = 0; i < n; ++i) {
+        // A full batch may have more behind it.
+        turn_left_ = n == batch ? batch : n - i - 1;
+        dispatch(copy[i].user_data, copy[i].res, copy[i].flags);
+      }
+      turn_left_ = 0;
       if (n < batch) break;
     }
   }
@@ -471,8 +494,10 @@ class ring {
   int mode_ = 2;
   bool enabled_ = true;
   bool draining_ = false;
+  unsigned turn_left_ = 0;  // completions or coroutines of this turn not yet dispatched or run
   bool wake_armed_ = false;
   bool register_ring_fd_ = true;
+  bool send_inline_ = true;
   std::atomic<std::uint64_t> owner_{0};  // this_thread_token() of the thread that runs it
   std::bitset<256> ops_;
   ring_caps caps_;
