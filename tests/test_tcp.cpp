@@ -650,3 +650,41 @@ TEST_CASE("send: alone in its turn it completes at once; beside other work it is
     ::close(peer);
   }
 }
+
+// A send made at once does not suspend: a loop of sends the socket keeps taking must still end
+// its turn, or timers, other connections and stop() starve (and send_all's task would nest one
+// resumption per send on the stack).
+TEST_CASE("send: a loop of sends that the socket keeps taking still lets a timer fire") {
+  test::fd_leak_check fds;
+  for (bool whole : {false, true}) {
+    CAPTURE(whole);
+    send_setup setup(true);
+    rn::io_context& ctx = setup.ctx;
+    rn::stream& s = setup.pair.ours;
+    std::jthread reader([fd = setup.pair.peer] { (void)test::read_to_end(fd); });
+    bool fired = false;
+    std::chrono::milliseconds fired_after{};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto timer = [&]() -> rn::task<void> {
+      CHECK((co_await rn::sleep_for(ctx, 50ms)).has_value());
+      fired_after = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+      fired = true;
+    };
+    auto sender = [&]() -> rn::task<void> {
+      static const std::string chunk(512, 's');
+      for (int i = 0; i < 2'000'000 && !fired && std::chrono::steady_clock::now() - t0 < 3s; ++i) {
+        bool ok = true;
+        if (whole) ok = static_cast<bool>(co_await s.send_all(rn::buffer(chunk)));
+        else ok = (co_await s.send(rn::buffer(chunk))).has_value();
+        REQUIRE(ok);
+      }
+      (void)co_await s.close();
+    };
+    rn::sync_wait(ctx, rn::when_all(timer(), sender()));
+    CHECK(fired);
+    CHECK(fired_after < 1s);
+    MESSAGE("the 50 ms timer fired after " << fired_after.count() << " ms");
+    reader = {};
+    ::close(setup.pair.peer);
+  }
+}

@@ -149,13 +149,18 @@ class ring {
   // the only request the next io_uring_enter submits (no SQE queued, no completion of this turn
   // left to dispatch, no coroutine left to run). That enter would return at once with the send's
   // completion and the turn after it would wait: the send(2) takes the place of one enter and one
-  // completion. Where other requests are queued, the send shares their enter instead.
+  // completion. Where other requests are queued, the send shares their enter instead. Once per
+  // turn: a send made at once does not suspend its coroutine, so a loop of sends that the socket
+  // buffer keeps taking would otherwise never end the turn (timers, other connections and stop()
+  // starve) and, through send_all's task, nest one resumption per send on the stack.
   [[nodiscard]] bool may_send_inline() noexcept {
-    if (!send_inline_ || draining_ || io_uring_sq_ready(&ring_) != 0 || turn_left_ != 0 || !ready_.empty())
+    if (!send_inline_ || sent_inline_ || draining_ || io_uring_sq_ready(&ring_) != 0 ||
+        turn_left_ != 0 || !ready_.empty())
       return false;
 #ifdef RINGNET_DETAIL_FAULTS
     if (faults_.keep_off_inline()) return false;
 #endif
+    sent_inline_ = true;
     return true;
   }
   // Provided-buffer group ids are per ring.
@@ -246,6 +251,7 @@ class ring {
   // stop() keeps the turn from blocking (run() returns after it); sync_wait ignores stop().
   void run_turn(bool may_block, bool honour_stop = true) {
     enter_turn();
+    sent_inline_ = false;
     current_guard guard(this);
     if (!wake_armed_) arm_wake();
     const bool block = may_block && ready_.empty() && remote_.empty() &&
@@ -495,6 +501,7 @@ class ring {
   bool enabled_ = true;
   bool draining_ = false;
   unsigned turn_left_ = 0;  // completions or coroutines of this turn not yet dispatched or run
+  bool sent_inline_ = false;  // a send was made at once in this turn (see may_send_inline())
   bool wake_armed_ = false;
   bool register_ring_fd_ = true;
   bool send_inline_ = true;
