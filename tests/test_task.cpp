@@ -32,9 +32,9 @@ rn::task<long> recurse(int depth) {
   co_return 1 + co_await recurse(depth - 1);
 }
 
-// Symmetric transfer is a tail call; g++ does not make it one under AddressSanitizer, so there
-// every resume nests (clang does).
-#if defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
+// Symmetric transfer is a tail call; g++ does not make it one without optimization or under
+// AddressSanitizer, so there every resume nests (clang does).
+#if !defined(__clang__) && (defined(__SANITIZE_ADDRESS__) || !defined(__OPTIMIZE__))
 constexpr bool symmetric_transfer_is_a_tail_call = false;
 #else
 constexpr bool symmetric_transfer_is_a_tail_call = true;
