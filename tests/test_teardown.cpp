@@ -493,8 +493,8 @@ struct world {
   void run_without_context() {
     // "completed": a NOP queued first keeps a send from being made at once by send(2) (which
     // only a request alone in its turn is), so the operation's own request is what completes.
-    if (m == moment::completed) rn::spawn(*ctx, [](rn::io_context& c) -> rn::task<void> {
-      (void)co_await rn::operation<nop_op>(c, nop_op{});
+    if (m == moment::completed) rn::spawn(*ctx, [](rn::io_context& on) -> rn::task<void> {
+      (void)co_await rn::operation<nop_op>(on, nop_op{});
     }(*ctx));
     rn::spawn(*ctx, run_op(frame_counter(&frames_destroyed)));
     ctx->poll();  // the task starts: its SQE is prepared, not submitted

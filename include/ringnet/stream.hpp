@@ -125,6 +125,7 @@ struct send_op : sending {
   std::size_t len;
   int flags;
   bool may_inline = true;  // send(2) at once where the ring allows (ring::may_send_inline())
+  // After try_inline() found nothing refusing the send.
   std::optional<int> try_syscall() const noexcept {
     return may_inline ? st->send_inline(data, len) : std::nullopt;
   }

@@ -85,10 +85,12 @@ class socket_state final : public fd_state, private buffer_user {
     return res;
   }
   // A send made at once with send(2) (see ring::may_send_inline()), where it cannot overtake or
-  // be overtaken: no other send in flight, nothing refusing it. The settled result (bytes, or the
-  // connection's end), or nullopt when it was not tried or the socket had no room: then submit.
+  // be overtaken: no other send in flight. Only for a send that nothing refuses (the caller asked
+  // refuse_write() and write_shut() first). The settled result (bytes, or the connection's end),
+  // or nullopt when it was not tried or the socket had no room: then submit.
   std::optional<int> send_inline(const void* data, std::size_t len) noexcept {
-    if (sends_ != 0 || write_shut_ || refuse_write() || !owner()->may_send_inline()) return std::nullopt;
+    RINGNET_ASSERT(!refuse_write() && !write_shut_, "send_inline() on a socket that refuses sends");
+    if (sends_ != 0 || !owner()->may_send_inline()) return std::nullopt;
     const ssize_t n = ::send(fd(), data, std::min(len, max_io_size), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return std::nullopt;
     return settle_write(n < 0 ? -errno : static_cast<int>(n));
