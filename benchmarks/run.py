@@ -66,8 +66,12 @@ ECHO_PEERS = [
     ("asio-uring", "benchmarks/peers/bench-asio-uring-echo", []),
     # measurement variants, run only when named in --peers
     ("ringnet-shutdown-op", "examples/ringnet-echo", ["--shutdown", "io_uring"]),
+    # the reference with one io_uring mechanism more each, to measure what it is worth alone
+    ("liburing-direct", "benchmarks/peers/bench-uring-echo", ["--descriptors", "direct"]),
+    ("liburing-sqe-teardown", "benchmarks/peers/bench-uring-echo", ["--teardown", "sqes"]),
+    ("liburing-min-wait", "benchmarks/peers/bench-uring-echo", ["--min-wait-us", "20"]),
 ]
-OPT_IN_PEERS = {"ringnet-shutdown-op"}
+OPT_IN_PEERS = {"ringnet-shutdown-op", "liburing-direct", "liburing-sqe-teardown", "liburing-min-wait"}
 ECHO_REF = "liburing"
 
 # name -> (kind, path or program, extra args); kind: build (relative to build dir), tool (on PATH)

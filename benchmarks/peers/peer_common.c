@@ -22,6 +22,9 @@ static void usage(FILE *out, unsigned flags)
 {
     if (flags & PEER_ARGS_PROXY)
         fprintf(out, "usage: %s --listen HOST:PORT --upstream HOST:PORT [--buffer BYTES] [--grace SECONDS]\n", prog);
+    else if (flags & PEER_ARGS_URING_PROBES)
+        fprintf(out, "usage: %s --listen HOST:PORT [--grace SECONDS] [--descriptors regular|direct]\n"
+                     "       [--teardown syscalls|sqes] [--min-wait-us 0..1000000]\n", prog);
     else
         fprintf(out, "usage: %s --listen HOST:PORT [--grace SECONDS]\n", prog);
 }
@@ -130,6 +133,21 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
         } else if ((flags & PEER_ARGS_PROXY) && IS("--buffer")) {
             if (!parse_size(value, &out->buffer))
                 bad_args(flags, "bad --buffer (4096 .. 1G bytes, k/M suffix allowed)", value);
+        } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--descriptors")) {
+            if (strcmp(value, "regular") && strcmp(value, "direct"))
+                bad_args(flags, "bad --descriptors (regular or direct)", value);
+            out->direct = !strcmp(value, "direct");
+        } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--teardown")) {
+            if (strcmp(value, "syscalls") && strcmp(value, "sqes"))
+                bad_args(flags, "bad --teardown (syscalls or sqes)", value);
+            out->sqe_teardown = !strcmp(value, "sqes");
+        } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--min-wait-us")) {
+            char *end;
+            errno = 0;
+            unsigned long us = strtoul(value, &end, 10);
+            if (end == value || *end || errno || us > 1000000 || value[0] == '-')
+                bad_args(flags, "bad --min-wait-us (0 .. 1000000)", value);
+            out->min_wait_us = (unsigned)us;
         } else {
             bad_args(flags, "unknown option", opt);
         }
@@ -137,6 +155,8 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
     }
     if (!have_listen)
         bad_args(flags, "--listen is required", NULL);
+    if (out->direct) /* a direct descriptor has no fd to call shutdown(2) or close(2) on */
+        out->sqe_teardown = true;
     if ((flags & PEER_ARGS_PROXY) && !have_upstream)
         bad_args(flags, "--upstream is required", NULL);
 }

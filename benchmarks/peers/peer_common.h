@@ -23,9 +23,17 @@ struct peer_args {
     struct peer_endpoint upstream; /* only with PEER_ARGS_PROXY */
     double grace;                  /* seconds, default 5 */
     size_t buffer;                 /* bytes per direction, only with PEER_ARGS_PROXY */
+    /* Only with PEER_ARGS_URING_PROBES: io_uring mechanisms the reference does not use by default,
+     * each switched on alone to measure what it is worth. */
+    bool direct;          /* --descriptors direct: sockets in the ring's file table, never an fd */
+    bool sqe_teardown;    /* --teardown sqes: shutdown and close as linked SQEs, not syscalls */
+    unsigned min_wait_us; /* --min-wait-us N: each wait gathers completions for up to N µs */
 };
 
-enum { PEER_ARGS_PROXY = 1 }; /* also accept (and require) --upstream, accept --buffer */
+enum {
+    PEER_ARGS_PROXY = 1,        /* also accept (and require) --upstream, accept --buffer */
+    PEER_ARGS_URING_PROBES = 2, /* accept --descriptors, --teardown, --min-wait-us */
+};
 
 /* Parses argv; prints usage and exits 2 on a bad command line, exits 0 on --help. */
 void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *out);

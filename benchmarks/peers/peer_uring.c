@@ -6,9 +6,28 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { TAG_ACCEPT = 4, TAG_SIGNAL = 5, TAG_TIMER = 6, TAG_IGNORE = 7 };
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
-static void ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries)
+enum { TAG_ACCEPT = 4, TAG_SIGNAL = 5, TAG_TIMER = 6, TAG_IGNORE = PEER_TAG_IGNORE };
+
+/* Kernel 6.12, newer than liburing 2.3's headers: io_uring_getevents_arg's pad is min_wait_usec. */
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+/* Sockets the file table holds with direct descriptors, at most RLIMIT_NOFILE (the kernel's
+ * limit for the table too): the many workload's 10,000 and churn's turnover (an index is free
+ * again once its close completed). */
+static unsigned direct_table_size(void)
+{
+    struct rlimit rl;
+    rlim_t n = 32768;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+        n = rl.rlim_cur;
+    return (unsigned)n;
+}
+
+static unsigned ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries)
 {
     static const struct {
         unsigned flags;
@@ -29,7 +48,7 @@ static void ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_en
             io_uring_register_ring_fd(ring); /* enter without fdget/fdput; optional */
             if (i > 0)
                 fprintf(stderr, "note: io_uring set up with %s (%s refused)\n", modes[i].name, modes[0].name);
-            return;
+            return p.features;
         }
     }
     fprintf(stderr, "io_uring_queue_init: %s\n", strerror(-ret));
@@ -39,7 +58,10 @@ static void ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_en
 static void arm_accept(struct peer_server *s)
 {
     struct io_uring_sqe *sqe = peer_sqe(s);
-    io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (s->direct)
+        io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
+    else
+        io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, peer_ud(NULL, TAG_ACCEPT));
     s->accept_armed = true;
 }
@@ -73,7 +95,20 @@ void peer_server_init(struct peer_server *s, const struct peer_args *args, const
     peer_raise_nofile();
     s->signal_fd = peer_signalfd(false); /* blocking: a read on an O_NONBLOCK file fails with -EAGAIN */
     s->listen_fd = peer_listen(&args->listen, false);
-    ring_init(&s->ring, sq_entries, cq_entries);
+    s->features = ring_init(&s->ring, sq_entries, cq_entries);
+    s->direct = args->direct;
+    s->min_wait_us = args->min_wait_us;
+    if (s->direct) {
+        int ret = io_uring_register_files_sparse(&s->ring, direct_table_size());
+        if (ret < 0) {
+            fprintf(stderr, "io_uring_register_files_sparse: %s\n", strerror(-ret));
+            exit(1);
+        }
+    }
+    if (s->min_wait_us && !(s->features & IORING_FEAT_MIN_TIMEOUT)) {
+        fprintf(stderr, "--min-wait-us: this kernel has no IORING_FEAT_MIN_TIMEOUT (6.12)\n");
+        exit(1);
+    }
     long long grace_ns = (long long)(args->grace * 1e9);
     s->grace.tv_sec = grace_ns / 1000000000;
     s->grace.tv_nsec = grace_ns % 1000000000;
@@ -118,12 +153,39 @@ static void on_accept(struct peer_server *s, const struct io_uring_cqe *cqe)
         arm_timer(s, &s->backoff);
 }
 
+/* Submits, then waits up to min_wait_us for wait_nr completions, and after that for the first
+ * one: io_uring_enter with the min-wait argument liburing 2.3 cannot pass. The SQ flush is
+ * liburing's own for a ring without SQPOLL. */
+static int submit_and_wait_min(struct peer_server *s, unsigned wait_nr)
+{
+    struct io_uring *r = &s->ring;
+    unsigned tail = r->sq.sqe_tail;
+    if (r->sq.sqe_head != tail) {
+        r->sq.sqe_head = tail;
+        io_uring_smp_store_release(r->sq.ktail, tail);
+    }
+    unsigned submit = tail - *r->sq.khead;
+    struct io_uring_getevents_arg arg = { .pad = s->min_wait_us };
+    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+    int fd = r->ring_fd;
+    if (r->enter_ring_fd != r->ring_fd) {
+        flags |= IORING_ENTER_REGISTERED_RING;
+        fd = r->enter_ring_fd;
+    }
+    long ret = syscall(__NR_io_uring_enter, fd, submit, wait_nr, flags, &arg, sizeof arg);
+    return ret < 0 ? -errno : (int)ret;
+}
+
 void peer_server_run(struct peer_server *s)
 {
     peer_announce(s->listen_fd);
+    unsigned last_batch = 1; /* completions the previous turn handled */
     while (!s->stopping || s->listen_fd >= 0 || s->live > 0) {
-        int ret = io_uring_submit_and_wait(&s->ring, 1);
-        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+        /* min-wait: wait up to min_wait_us for as many completions as the previous turn had (at
+         * most 64). Not for one: the kernel would arm a timer for every wait. */
+        unsigned batch = last_batch > 64 ? 64u : last_batch;
+        int ret = s->min_wait_us && batch > 1 ? submit_and_wait_min(s, batch) : io_uring_submit_and_wait(&s->ring, 1);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
             fprintf(stderr, "io_uring_submit_and_wait: %s\n", strerror(-ret));
             exit(1);
         }
@@ -155,6 +217,7 @@ void peer_server_run(struct peer_server *s)
             }
         }
         io_uring_cq_advance(&s->ring, seen);
+        last_batch = seen ? seen : 1;
         if (s->ops->turn_end)
             s->ops->turn_end(s);
     }

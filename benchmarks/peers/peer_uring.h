@@ -11,8 +11,9 @@
 #include <stdint.h>
 #include <sys/signalfd.h>
 
-/* user_data = pointer | tag. Tags 0-3 belong to the program, 4-7 to the server. */
-enum { PEER_TAG_BITS = 3, PEER_TAG_MASK = 7, PEER_TAG_PROGRAM_MAX = 3 };
+/* user_data = pointer | tag. Tags 0-3 belong to the program, 4-7 to the server, which drops the
+ * CQEs tagged PEER_TAG_IGNORE. */
+enum { PEER_TAG_BITS = 3, PEER_TAG_MASK = 7, PEER_TAG_PROGRAM_MAX = 3, PEER_TAG_IGNORE = 7 };
 
 static inline __u64 peer_ud(const void *p, unsigned tag) { return (__u64)(uintptr_t)p | tag; }
 static inline void *peer_ud_ptr(__u64 ud) { return (void *)(uintptr_t)(ud & ~(__u64)PEER_TAG_MASK); }
@@ -21,7 +22,8 @@ static inline unsigned peer_ud_tag(__u64 ud) { return (unsigned)(ud & PEER_TAG_M
 struct peer_server;
 
 struct peer_server_ops {
-    /* A new connection (a blocking socket, TCP_NODELAY inherited from the listener). */
+    /* A new connection (a blocking socket, TCP_NODELAY inherited from the listener): an fd, or
+     * with direct descriptors an index into the ring's file table. */
     void (*accepted)(struct peer_server *s, int fd);
     /* A completion tagged 0..PEER_TAG_PROGRAM_MAX. */
     void (*completion)(struct peer_server *s, struct io_uring_cqe *cqe);
@@ -41,7 +43,13 @@ struct peer_server {
     size_t live;       /* connections the program still owns; the loop ends at 0 once stopping */
     struct __kernel_timespec grace, backoff;
     struct signalfd_siginfo siginfo;
+    bool direct;          /* accepted sockets go into the ring's file table (--descriptors direct) */
+    unsigned min_wait_us; /* --min-wait-us */
+    unsigned features;    /* IORING_FEAT_* of the ring */
 };
+
+/* The SQE flag that names a connection's socket: IOSQE_FIXED_FILE with direct descriptors. */
+static inline unsigned char peer_fd_flags(const struct peer_server *s) { return s->direct ? IOSQE_FIXED_FILE : 0; }
 
 /* Listener + ring + signal handling. Exits on failure. */
 void peer_server_init(struct peer_server *s, const struct peer_args *args, const struct peer_server_ops *ops,

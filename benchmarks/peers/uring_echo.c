@@ -6,7 +6,13 @@
  * buffers still to be echoed; a buffer returns to the ring once it has been sent in full. When a
  * connection has CONN_QUEUE_MAX buffers queued (its client does not read), its recv is cancelled
  * and re-armed once the queue drained; a recv that ended with -ENOBUFS waits on the starved list
- * until buffers come back. On EOF: echo what is left, shutdown(SHUT_WR), close. */
+ * until buffers come back. On EOF: echo what is left, shutdown(SHUT_WR), close.
+ *
+ * Measurement variants (peer_common.h): --descriptors direct keeps the sockets in the ring's file
+ * table; --teardown sqes ends a connection with a hard-linked shutdown + close in the next
+ * submission, their successes posting no CQE; --min-wait-us batches the waits. With direct
+ * descriptors an abort is a close (a FIN): SO_LINGER needs a socket command this probe does not
+ * make. */
 #include "peer_uring.h"
 
 #include <errno.h>
@@ -46,6 +52,7 @@ static struct {
     unsigned buf_len[BUF_COUNT];
     struct peer_link conns, starved;
     struct peer_pool pool;
+    bool sqe_teardown;
 } E = { .pool = PEER_POOL_INIT(struct conn, 256) };
 
 static void setup_buffers(void)
@@ -83,7 +90,7 @@ static void arm_recv(struct conn *c)
 {
     struct io_uring_sqe *sqe = peer_sqe(&E.srv);
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->flags |= IOSQE_BUFFER_SELECT | peer_fd_flags(&E.srv);
     sqe->buf_group = BUF_GROUP;
     io_uring_sqe_set_data64(sqe, peer_ud(c, TAG_RECV));
     c->recv_armed = true;
@@ -94,6 +101,7 @@ static void arm_send(struct conn *c)
     struct io_uring_sqe *sqe = peer_sqe(&E.srv);
     io_uring_prep_send(sqe, c->fd, E.bufs + (size_t)c->qhead * BUF_SIZE + c->qoff,
                        E.buf_len[c->qhead] - c->qoff, MSG_NOSIGNAL);
+    sqe->flags |= peer_fd_flags(&E.srv);
     io_uring_sqe_set_data64(sqe, peer_ud(c, TAG_SEND));
     c->send_armed = true;
 }
@@ -153,6 +161,34 @@ static void fail(struct conn *c)
     stop_recv(c);
 }
 
+/* Ends the connection's socket, after shutdown(SHUT_WR) if `fin`: by syscalls, or (--teardown
+ * sqes) as SQEs hard-linked so that the close runs even where the shutdown fails. */
+static void end_socket(struct conn *c, bool fin)
+{
+    if (!E.sqe_teardown) {
+        if (fin)
+            shutdown(c->fd, SHUT_WR);
+        close(c->fd);
+        return;
+    }
+    if (io_uring_sq_space_left(&E.srv.ring) < 2)
+        io_uring_submit(&E.srv.ring); /* keep the pair in one submission */
+    struct io_uring_sqe *sqe;
+    if (fin) {
+        sqe = peer_sqe(&E.srv);
+        io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+        sqe->flags |= peer_fd_flags(&E.srv) | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+        io_uring_sqe_set_data64(sqe, peer_ud(NULL, PEER_TAG_IGNORE));
+    }
+    sqe = peer_sqe(&E.srv);
+    if (E.srv.direct)
+        io_uring_prep_close_direct(sqe, (unsigned)c->fd);
+    else
+        io_uring_prep_close(sqe, c->fd);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, peer_ud(NULL, PEER_TAG_IGNORE));
+}
+
 /* Arms what the connection needs next, or closes it once nothing is in flight and it is done. */
 static void step(struct conn *c)
 {
@@ -170,12 +206,14 @@ static void step(struct conn *c)
     if (c->recv_armed || c->send_armed)
         return;
     if (c->aborting) {
-        peer_abort(c->fd);
+        if (E.srv.direct)
+            end_socket(c, false);
+        else
+            peer_abort(c->fd);
     } else if (c->failed) {
-        close(c->fd);
+        end_socket(c, false);
     } else if (c->eof && !c->queued) {
-        shutdown(c->fd, SHUT_WR);
-        close(c->fd);
+        end_socket(c, true);
     } else {
         return; /* alive: starved for buffers */
     }
@@ -275,7 +313,8 @@ int main(int argc, char **argv)
 {
     static const struct peer_server_ops ops = { accepted, completion, abort_all, feed_starved };
     struct peer_args args;
-    peer_parse_args(argc, argv, 0, &args);
+    peer_parse_args(argc, argv, PEER_ARGS_URING_PROBES, &args);
+    E.sqe_teardown = args.sqe_teardown;
     peer_list_init(&E.conns);
     peer_list_init(&E.starved);
     peer_server_init(&E.srv, &args, &ops, 1024, 16384);
