@@ -28,7 +28,8 @@ namespace test {
 // RINGNET_TEST_RING_MODE=defer|coop|basic picks the most capable ring mode to try;
 // RINGNET_TEST_DISABLE_OPS=18,45,... disables opcodes so the syscall fallbacks run;
 // RINGNET_TEST_REGISTER_RING_FD=0 leaves the ring's descriptor unregistered;
-// RINGNET_TEST_SEND_INLINE=0 sends everything through the ring (no send(2) at once).
+// RINGNET_TEST_SEND_INLINE=0 sends everything through the ring (no send(2) at once);
+// RINGNET_TEST_BATCH_WAIT=0 makes every wait return at the first completion (no min-wait).
 inline rn::io_context_options context_options(unsigned entries = 256) {
   rn::io_context_options o;
   o.entries = entries;
@@ -39,6 +40,7 @@ inline rn::io_context_options context_options(unsigned entries = 256) {
   }
   if (const char* r = std::getenv("RINGNET_TEST_REGISTER_RING_FD")) o.register_ring_fd = std::string_view(r) != "0";
   if (const char* r = std::getenv("RINGNET_TEST_SEND_INLINE")) o.send_inline = std::string_view(r) != "0";
+  if (const char* r = std::getenv("RINGNET_TEST_BATCH_WAIT"); r && std::string_view(r) == "0") o.batch_wait = {};
   if (const char* ops = std::getenv("RINGNET_TEST_DISABLE_OPS")) {
     for (const char* p = ops; *p;) {
       char* end = nullptr;
@@ -55,6 +57,13 @@ inline rn::io_context_options context_options(unsigned entries = 256) {
 // -Dfault_injection=true), where injected errors make ordinary checks fail (run with doctest's
 // --no-exitcode). What must hold whatever the kernel returns (no descriptor leaked, no byte lost
 // that the API reported delivered) then ends the run at once with a message instead.
+// IORING_OP_NOP completes at once in the kernel, its CQE in the same batch as those of the
+// requests submitted beside it (test_teardown's "completed, not resumed" moment is reached so).
+struct nop_op {
+  void prepare(io_uring_sqe* sqe) const noexcept { io_uring_prep_nop(sqe); }
+  static rn::result<void> complete(int res, std::uint32_t) noexcept { return rn::detail::void_result(res); }
+};
+
 inline bool under_faults() {
   static const bool on = std::getenv("RINGNET_TEST_FAULTS") != nullptr;
   return on;

@@ -1,4 +1,5 @@
 // io_context: set-up fallbacks, probing, cross-thread wake-ups, stop, destruction.
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -181,5 +182,111 @@ TEST_CASE("io_context: the ring's descriptor is registered with the thread that 
       }).join();
       if (a_id == b_id) MESSAGE("round " << round << ": the second thread had the first one's id");
     }
+  }
+}
+
+// io_context_options::batch_wait: after a turn of several completions the next wait asks the
+// kernel for as many within the batch wait. A wait that gets fewer returns when the batch wait
+// is over, never later; a wait after a turn of one completion returns at its first. (A timer's
+// completion always ends a wait at once, so the lone completion here is a read.)
+namespace {
+struct pipe_read_op {
+  int fd;
+  char* byte;
+  void prepare(io_uring_sqe* sqe) const noexcept { io_uring_prep_read(sqe, fd, byte, 1, 0); }
+  static rn::result<void> complete(int res, std::uint32_t) noexcept { return rn::detail::void_result(res); }
+};
+
+// Reads one byte another thread writes into a pipe 1 ms after the read started; returns how long
+// the read took. With `busy_turn_first`, four NOPs submitted together come first: one turn
+// reaps their four CQEs, so the read's wait asks for four.
+rn::task<std::chrono::steady_clock::duration> lone_read(rn::io_context& ctx, bool busy_turn_first) {
+  if (busy_turn_first)
+    (void)co_await rn::when_all(rn::operation<test::nop_op>(ctx, test::nop_op{}),
+                                rn::operation<test::nop_op>(ctx, test::nop_op{}),
+                                rn::operation<test::nop_op>(ctx, test::nop_op{}),
+                                rn::operation<test::nop_op>(ctx, test::nop_op{}));
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  std::thread writer([w = p[1]] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK(::write(w, "x", 1) == 1);
+  });
+  char byte = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = co_await rn::operation<pipe_read_op>(ctx, pipe_read_op{p[0], &byte});
+  const auto took = std::chrono::steady_clock::now() - start;
+  writer.join();
+  ::close(p[0]);
+  ::close(p[1]);
+  CHECK(r.has_value());
+  CHECK(byte == 'x');
+  co_return took;
+}
+}  // namespace
+
+TEST_CASE("io_context: batch_wait holds a lone completion after a busy turn for at most the batch wait") {
+  using namespace std::chrono_literals;
+  auto o = test::context_options();
+  o.batch_wait = 300ms;
+  rn::io_context ctx(o);
+  if (!ctx.has_batch_wait()) {
+    MESSAGE("no min-wait on this kernel: batch_wait is ignored");
+    return;
+  }
+  const auto held = rn::sync_wait(ctx, lone_read(ctx, true));
+  CHECK(held >= 250ms);
+  CHECK(held < 1s);
+  // After that turn of one completion the next wait returns at the first.
+  CHECK(rn::sync_wait(ctx, lone_read(ctx, false)) < 250ms);
+
+  // Off: the same sequence is not held.
+  o.batch_wait = 0us;
+  rn::io_context plain(o);
+  CHECK(rn::sync_wait(plain, lone_read(plain, true)) < 250ms);
+}
+
+TEST_CASE("io_context: stop() from another thread ends a batched wait") {
+  using namespace std::chrono_literals;
+  auto o = test::context_options();
+  o.batch_wait = 1s;
+  rn::io_context ctx(o);
+  bool finished = false;
+  rn::spawn(ctx, [](rn::io_context& c, bool& done) -> rn::task<void> {
+    (void)co_await rn::when_all(rn::operation<test::nop_op>(c, test::nop_op{}),
+                                rn::operation<test::nop_op>(c, test::nop_op{}));
+    (void)co_await rn::sleep_for(c, 30s);  // cancelled by ~io_context
+    done = true;
+  }(ctx, finished));
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(20ms);
+    ctx.stop();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  ctx.run();
+  const auto took = std::chrono::steady_clock::now() - start;
+  stopper.join();
+  CHECK(ctx.stopped());
+  CHECK_FALSE(finished);
+  CHECK(took < 3s);  // the stop's wake-up is held by at most the batch wait
+}
+
+TEST_CASE("io_context: batch_wait outside 0 to 1 s is refused") {
+  using namespace std::chrono_literals;
+  for (const auto bad : {-1us, 1s + 1us, std::chrono::microseconds(std::chrono::hours(1))}) {
+    auto o = test::context_options();
+    o.batch_wait = bad;
+    try {
+      rn::io_context ctx(o);
+      FAIL("accepted batch_wait " << bad.count() << " us");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::invalid_argument);
+    }
+  }
+  for (const auto good : {0us, 1us, std::chrono::microseconds(1s)}) {
+    auto o = test::context_options();
+    o.batch_wait = good;
+    rn::io_context ctx(o);
+    CHECK(rn::sync_wait(ctx, rn::sleep_for(ctx, std::chrono::milliseconds(1))).has_value());
   }
 }

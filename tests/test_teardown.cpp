@@ -167,13 +167,6 @@ outcome of(const rn::result<T>& r) {
   return r ? outcome::ok : of(r.error());
 }
 
-// Completes at once in the kernel: "completed, not resumed" is reached by submitting one of these
-// just before the operation, whose CQE then follows it in the same batch.
-struct nop_op {
-  void prepare(io_uring_sqe* sqe) const noexcept { io_uring_prep_nop(sqe); }
-  static rn::result<void> complete(int res, std::uint32_t) noexcept { return rn::detail::void_result(res); }
-};
-
 // Counts destructions of the frame it lives in.
 struct frame_counter {
   int* destroyed;
@@ -455,7 +448,7 @@ struct world {
 
   rn::task<void> interrupt() {
     if (m == moment::completed)
-      (void)co_await rn::operation<nop_op>(*ctx, nop_op{});
+      (void)co_await rn::operation<test::nop_op>(*ctx, test::nop_op{});
     else if (m == moment::in_flight)
       (void)co_await rn::sleep_for(*ctx, 5ms);
     done_at_cut = done;
@@ -494,7 +487,7 @@ struct world {
     // "completed": a NOP queued first keeps a send from being made at once by send(2) (which
     // only a request alone in its turn is), so the operation's own request is what completes.
     if (m == moment::completed) rn::spawn(*ctx, [](rn::io_context& on) -> rn::task<void> {
-      (void)co_await rn::operation<nop_op>(on, nop_op{});
+      (void)co_await rn::operation<test::nop_op>(on, test::nop_op{});
     }(*ctx));
     rn::spawn(*ctx, run_op(frame_counter(&frames_destroyed)));
     ctx->poll();  // the task starts: its SQE is prepared, not submitted

@@ -6,9 +6,11 @@
 #include <ringnet/detail/ring.hpp>
 
 #include <bitset>
+#include <chrono>
 #include <coroutine>
 #include <exception>
 #include <functional>
+#include <system_error>
 
 RINGNET_BEGIN_NAMESPACE
 
@@ -35,6 +37,13 @@ struct io_context_options {
   /// take is submitted as usual. One syscall replaces the io_uring_enter that would carry the send
   /// alone and return with its completion. Off: every send goes through the ring.
   bool send_inline = true;
+  /// After a loop turn that handled more than one completion, the next wait lets the kernel
+  /// gather as many (at most 64) for up to this long, then returns with what has come: one
+  /// wake-up serves several connections (io_uring's min-wait, kernel 6.12; older kernels wait for
+  /// the first completion, see has_batch_wait()). After a turn of one completion, and with 0,
+  /// every wait returns at the first completion. A completion is held back by at most this long.
+  /// 0 to 1 s; anything else throws std::system_error (invalid_argument).
+  std::chrono::microseconds batch_wait{20};
 };
 
 class io_context;
@@ -50,8 +59,8 @@ class io_context {
   /// allows. Throws std::system_error when io_uring is unavailable (ENOSYS, EPERM).
   explicit io_context(const options& opts = {})
       : ring_(detail::ring_setup{opts.entries, opts.cq_entries, static_cast<int>(opts.mode),
-                                 opts.disabled_ops, opts.register_ring_fd,
-                                 opts.send_inline}) {}
+                                 opts.disabled_ops, opts.register_ring_fd, opts.send_inline,
+                                 checked_batch_wait(opts.batch_wait)}) {}
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
   /// Cancels what is still in flight, waits for the kernel to let go of it, and destroys the
@@ -99,6 +108,8 @@ class io_context {
   /// Whether io_uring_enter names the ring by its registered index (see register_ring_fd; known
   /// from the first run on; ask on the context's thread).
   [[nodiscard]] bool has_registered_ring_fd() const noexcept { return ring_.caps().registered_ring_fd; }
+  /// Whether the kernel takes io_context_options::batch_wait (6.12); without, it is ignored.
+  [[nodiscard]] bool has_batch_wait() const noexcept { return ring_.caps().batch_wait; }
   [[nodiscard]] ring_mode mode() const noexcept { return static_cast<ring_mode>(ring_.mode_index()); }
   [[nodiscard]] unsigned setup_flags() const noexcept { return ring_.setup_flags(); }
   [[nodiscard]] bool running_in_this_thread() const noexcept { return ring_.on_this_thread(); }
@@ -147,6 +158,13 @@ class io_context {
   };
 
  private:
+  static unsigned checked_batch_wait(std::chrono::microseconds wait) {
+    if (wait.count() < 0 || wait > std::chrono::seconds(1))
+      RINGNET_THROW(std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                      "ringnet: io_context_options::batch_wait must be 0 to 1 s"));
+    return static_cast<unsigned>(wait.count());
+  }
+
   friend detail::ring& detail::ring_of(io_context&) noexcept;
   detail::ring ring_;
 };

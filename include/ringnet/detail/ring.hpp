@@ -42,6 +42,7 @@ struct ring_setup {
   std::bitset<256> disabled_ops;
   bool register_ring_fd = true;
   bool send_inline = true;
+  unsigned batch_wait_us = 20;  // 0: every wait returns at the first completion
 };
 
 // What the kernel can do, by name. The probe lists opcodes, not flags: where a capability is a
@@ -61,7 +62,16 @@ struct ring_caps {
   // The ring's descriptor registered with the thread that runs it (IORING_REGISTER_RING_FDS,
   // 5.18): every io_uring_enter then names it by index, without a file table lookup.
   bool registered_ring_fd = false;
+  // A wait may ask for a number of completions within a time, then return with the first after
+  // it (io_uring_getevents_arg's min_wait_usec, IORING_FEAT_MIN_TIMEOUT: 6.12). An older kernel
+  // refuses the field (EINVAL), so it is used only where the ring's features name it.
+  bool batch_wait = false;
 };
+
+// Kernel 6.12, newer than liburing 2.3's headers: the feature bit of the min-wait argument.
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
 
 [[noreturn]] inline void throw_system_error(int e, const char* what) {
   RINGNET_THROW(std::system_error(std::error_code(e, std::system_category()), what));
@@ -103,7 +113,8 @@ RINGNET_TLS_ACCESSOR inline ring*& current_ring() noexcept {
 
 class ring {
  public:
-  explicit ring(const ring_setup& s) : register_ring_fd_(s.register_ring_fd), send_inline_(s.send_inline) {
+  explicit ring(const ring_setup& s)
+      : register_ring_fd_(s.register_ring_fd), send_inline_(s.send_inline), batch_wait_us_(s.batch_wait_us) {
     setup(s);
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) {
@@ -259,11 +270,13 @@ class ring {
 #ifdef RINGNET_DETAIL_FAULTS
     faults_.rewrite(ring_);
 #endif
-    const int r = block ? io_uring_submit_and_wait(&ring_, 1)
-                        : io_uring_submit_and_get_events(&ring_);
+    const unsigned batch = std::min(last_reaped_, max_batch_wait);
+    const int r = !block                   ? io_uring_submit_and_get_events(&ring_)
+                  : batch > 1 && batch_wait_us_ && caps_.batch_wait ? submit_and_wait_batch(batch)
+                                                                  : io_uring_submit_and_wait(&ring_, 1);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME)
       throw_system_error(-r, "io_uring_enter");
-    reap();
+    last_reaped_ = reap();
     drain_remote();
     run_ready();
   }
@@ -349,6 +362,7 @@ class ring {
     caps_.splice_op = supports(IORING_OP_SPLICE);
     caps_.multishot_accept = supports(IORING_OP_SOCKET);
     caps_.multishot_recv = supports(IORING_OP_SEND_ZC);
+    caps_.batch_wait = (ring_.features & IORING_FEAT_MIN_TIMEOUT) != 0;
   }
 
   // The first turn binds the ring to its thread (and enables a SINGLE_ISSUER ring there).
@@ -412,7 +426,9 @@ class ring {
     running_.clear();
   }
 
-  void reap() {
+  // Dispatches every completion in the CQ; returns how many.
+  unsigned reap() {
+    unsigned reaped = 0;
     struct entry {
       std::uint64_t user_data;
       int res;
@@ -427,6 +443,7 @@ class ring {
       // Copy and release the CQ slots before resuming anyone: handlers may submit and enter.
       for (unsigned i = 0; i < n; ++i) copy[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
       io_uring_cq_advance(&ring_, n);
+      reaped += n;
       for (unsigned i = 0; i < n; ++i) {
         // A full batch may have more behind it.
         turn_left_ = n == batch ? batch : n - i - 1;
@@ -435,6 +452,30 @@ class ring {
       turn_left_ = 0;
       if (n < batch) break;
     }
+    return reaped;
+  }
+
+  // io_uring_submit_and_wait() with the min-wait argument, which liburing 2.3 cannot pass: the
+  // kernel waits up to batch_wait_us_ for `batch` completions, and after that returns with the
+  // first. The SQ flush is liburing's own for a ring without SQPOLL (this one never polls).
+  int submit_and_wait_batch(unsigned batch) noexcept {
+    io_uring_sq& sq = ring_.sq;
+    const unsigned tail = sq.sqe_tail;
+    if (sq.sqe_head != tail) {
+      sq.sqe_head = tail;
+      io_uring_smp_store_release(sq.ktail, tail);
+    }
+    const unsigned submit = tail - *sq.khead;
+    io_uring_getevents_arg arg{};
+    arg.pad = batch_wait_us_;  // min_wait_usec
+    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+    int fd = ring_.ring_fd;
+    if (caps_.registered_ring_fd) {
+      flags |= IORING_ENTER_REGISTERED_RING;
+      fd = ring_.enter_ring_fd;
+    }
+    const long r = ::syscall(__NR_io_uring_enter, fd, submit, batch, flags, &arg, sizeof arg);
+    return r < 0 ? -errno : static_cast<int>(r);
   }
 
   void dispatch(std::uint64_t user_data, int res, std::uint32_t flags) noexcept {
@@ -505,6 +546,13 @@ class ring {
   bool wake_armed_ = false;
   bool register_ring_fd_ = true;
   bool send_inline_ = true;
+  // Waits after a turn of more than one completion ask the kernel for as many (at most
+  // max_batch_wait) within batch_wait_us_: one wake-up then serves several connections where
+  // each would have cost its own. After a turn of one, a wait returns at the first completion
+  // (a min-wait arms a kernel timer per wait, which costs a lone connection more than it saves).
+  static constexpr unsigned max_batch_wait = 64;
+  unsigned batch_wait_us_ = 20;
+  unsigned last_reaped_ = 0;  // completions the previous turn dispatched
   std::atomic<std::uint64_t> owner_{0};  // this_thread_token() of the thread that runs it
   std::bitset<256> ops_;
   ring_caps caps_;
