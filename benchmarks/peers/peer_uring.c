@@ -154,7 +154,8 @@ static void on_accept(struct peer_server *s, const struct io_uring_cqe *cqe)
 }
 
 /* Submits, then waits up to min_wait_us for wait_nr completions, and after that for the first
- * one: io_uring_enter with the min-wait argument liburing 2.3 cannot pass. The SQ flush is
+ * one: io_uring_enter with the min-wait argument liburing 2.3 cannot pass (its field is `pad`
+ * there, `min_wait_usec` in later headers: a peer built against those needs the new name). The SQ flush is
  * liburing's own for a ring without SQPOLL. */
 static int submit_and_wait_min(struct peer_server *s, unsigned wait_nr)
 {
@@ -165,7 +166,9 @@ static int submit_and_wait_min(struct peer_server *s, unsigned wait_nr)
         io_uring_smp_store_release(r->sq.ktail, tail);
     }
     unsigned submit = tail - *r->sq.khead;
-    struct io_uring_getevents_arg arg = { .pad = s->min_wait_us };
+    /* Without a timeout the kernel ends the wait at the min-wait, empty-handed (-ETIME). */
+    static const struct __kernel_timespec hour = { .tv_sec = 3600 };
+    struct io_uring_getevents_arg arg = { .pad = s->min_wait_us, .ts = (__u64)(uintptr_t)&hour };
     unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
     int fd = r->ring_fd;
     if (r->enter_ring_fd != r->ring_fd) {

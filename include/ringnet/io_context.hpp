@@ -41,8 +41,10 @@ struct io_context_options {
   /// gather as many (at most 64) for up to this long, then returns with what has come: one
   /// wake-up serves several connections (io_uring's min-wait, kernel 6.12; older kernels wait for
   /// the first completion, see has_batch_wait()). After a turn of one completion, and with 0,
-  /// every wait returns at the first completion. A completion is held back by at most this long.
-  /// 0 to 1 s; anything else throws std::system_error (invalid_argument).
+  /// every wait returns at the first completion. A completion is held back by at most this long:
+  /// a received byte, an operation's deadline, a stop from another thread alike; only a timer
+  /// (sleep_for, sleep_until) ends the wait at once. Each step of a sequence that waits may pay
+  /// it. 0 to 100 ms; anything else throws std::system_error (invalid_argument).
   std::chrono::microseconds batch_wait{20};
 };
 
@@ -159,9 +161,9 @@ class io_context {
 
  private:
   static unsigned checked_batch_wait(std::chrono::microseconds wait) {
-    if (wait.count() < 0 || wait > std::chrono::seconds(1))
+    if (wait.count() < 0 || wait > std::chrono::milliseconds(100))
       RINGNET_THROW(std::system_error(std::make_error_code(std::errc::invalid_argument),
-                                      "ringnet: io_context_options::batch_wait must be 0 to 1 s"));
+                                      "ringnet: io_context_options::batch_wait must be 0 to 100 ms"));
     return static_cast<unsigned>(wait.count());
   }
 

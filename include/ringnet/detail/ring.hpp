@@ -68,10 +68,19 @@ struct ring_caps {
   bool batch_wait = false;
 };
 
-// Kernel 6.12, newer than liburing 2.3's headers: the feature bit of the min-wait argument.
+// Kernel 6.12, newer than liburing 2.3's headers: the feature bit of the min-wait argument, and
+// io_uring_getevents_arg with it (liburing 2.3 names the field `pad`, later ones
+// `min_wait_usec`: the kernel's layout is declared here rather than either name used).
 #ifndef IORING_FEAT_MIN_TIMEOUT
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
 #endif
+struct min_wait_arg {
+  std::uint64_t sigmask;
+  std::uint32_t sigmask_sz;
+  std::uint32_t min_wait_usec;
+  std::uint64_t ts;  // a __kernel_timespec*, relative
+};
+static_assert(sizeof(min_wait_arg) == sizeof(io_uring_getevents_arg));
 
 [[noreturn]] inline void throw_system_error(int e, const char* what) {
   RINGNET_THROW(std::system_error(std::error_code(e, std::system_category()), what));
@@ -456,8 +465,10 @@ class ring {
   }
 
   // io_uring_submit_and_wait() with the min-wait argument, which liburing 2.3 cannot pass: the
-  // kernel waits up to batch_wait_us_ for `batch` completions, and after that returns with the
-  // first. The SQ flush is liburing's own for a ring without SQPOLL (this one never polls).
+  // kernel waits up to batch_wait_us_ for `batch` completions, and after that for the first.
+  // Without a timeout the kernel would end the wait at the min-wait, empty-handed (-ETIME), so
+  // one is given, an hour: the loop then enters again. The SQ flush is liburing's own for a
+  // ring without SQPOLL (this one never polls).
   int submit_and_wait_batch(unsigned batch) noexcept {
     io_uring_sq& sq = ring_.sq;
     const unsigned tail = sq.sqe_tail;
@@ -466,8 +477,10 @@ class ring {
       io_uring_smp_store_release(sq.ktail, tail);
     }
     const unsigned submit = tail - *sq.khead;
-    io_uring_getevents_arg arg{};
-    arg.pad = batch_wait_us_;  // min_wait_usec
+    static constexpr __kernel_timespec hour{3600, 0};
+    min_wait_arg arg{};
+    arg.min_wait_usec = batch_wait_us_;
+    arg.ts = reinterpret_cast<std::uint64_t>(&hour);
     unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
     int fd = ring_.ring_fd;
     if (caps_.registered_ring_fd) {
