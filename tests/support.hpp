@@ -6,6 +6,7 @@
 #include <ringnet/ringnet.hpp>
 
 #include <dirent.h>
+#include <sys/utsname.h>
 
 #include <atomic>
 #include <chrono>
@@ -53,10 +54,14 @@ inline rn::io_context_options context_options(unsigned entries = 256) {
   return o;
 }
 
-// RINGNET_TEST_FAULTS set: the run is under fault injection (RINGNET_FAULT_RATE, in a build with
-// -Dfault_injection=true), where injected errors make ordinary checks fail (run with doctest's
-// --no-exitcode). What must hold whatever the kernel returns (no descriptor leaked, no byte lost
-// that the API reported delivered) then ends the run at once with a message instead.
+// Whether the running kernel's release (uname -r) is at least major.minor.
+inline bool kernel_at_least(int major, int minor) {
+  utsname u{};
+  int ma = 0, mi = 0;
+  if (::uname(&u) != 0 || std::sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
+  return ma > major || (ma == major && mi >= minor);
+}
+
 // IORING_OP_NOP completes at once in the kernel, its CQE in the same batch as those of the
 // requests submitted beside it (test_teardown's "completed, not resumed" moment is reached so).
 struct nop_op {
@@ -64,6 +69,10 @@ struct nop_op {
   static rn::result<void> complete(int res, std::uint32_t) noexcept { return rn::detail::void_result(res); }
 };
 
+// RINGNET_TEST_FAULTS set: the run is under fault injection (RINGNET_FAULT_RATE, in a build with
+// -Dfault_injection=true), where injected errors make ordinary checks fail (run with doctest's
+// --no-exitcode). What must hold whatever the kernel returns (no descriptor leaked, no byte lost
+// that the API reported delivered) then ends the run at once with a message instead.
 inline bool under_faults() {
   static const bool on = std::getenv("RINGNET_TEST_FAULTS") != nullptr;
   return on;

@@ -98,7 +98,7 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
     memset(out, 0, sizeof *out);
     out->grace = 5.0;
     out->buffer = 1u << 20;
-    bool have_listen = false, have_upstream = false;
+    bool have_listen = false, have_upstream = false, explicit_syscall_teardown = false;
 
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -141,6 +141,7 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
             if (strcmp(value, "syscalls") && strcmp(value, "sqes"))
                 bad_args(flags, "bad --teardown (syscalls or sqes)", value);
             out->sqe_teardown = !strcmp(value, "sqes");
+            explicit_syscall_teardown = !out->sqe_teardown;
         } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--min-wait-us")) {
             char *end;
             errno = 0;
@@ -155,7 +156,9 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
     }
     if (!have_listen)
         bad_args(flags, "--listen is required", NULL);
-    if (out->direct) /* a direct descriptor has no fd to call shutdown(2) or close(2) on */
+    if (out->direct && explicit_syscall_teardown)
+        bad_args(flags, "--descriptors direct needs --teardown sqes: a direct descriptor has no fd for shutdown(2) or close(2)", NULL);
+    if (out->direct) /* implied */
         out->sqe_teardown = true;
     if ((flags & PEER_ARGS_PROXY) && !have_upstream)
         bad_args(flags, "--upstream is required", NULL);

@@ -25,7 +25,8 @@ struct peer_args {
     size_t buffer;                 /* bytes per direction, only with PEER_ARGS_PROXY */
     /* Only with PEER_ARGS_URING_PROBES: io_uring mechanisms the reference does not use by default,
      * each switched on alone to measure what it is worth. */
-    bool direct;          /* --descriptors direct: sockets in the ring's file table, never an fd */
+    bool direct;          /* --descriptors direct: sockets in the ring's file table, never an fd
+                           * (implies --teardown sqes) */
     bool sqe_teardown;    /* --teardown sqes: shutdown and close as linked SQEs, not syscalls */
     unsigned min_wait_us; /* --min-wait-us N: each wait gathers completions for up to N µs */
 };

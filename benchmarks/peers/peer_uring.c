@@ -11,10 +11,19 @@
 
 enum { TAG_ACCEPT = 4, TAG_SIGNAL = 5, TAG_TIMER = 6, TAG_IGNORE = PEER_TAG_IGNORE };
 
-/* Kernel 6.12, newer than liburing 2.3's headers: io_uring_getevents_arg's pad is min_wait_usec. */
+/* Kernel 6.12, newer than liburing 2.3's headers: the min-wait feature bit, and
+ * io_uring_getevents_arg with min_wait_usec (liburing 2.3 calls the field pad, later ones
+ * min_wait_usec: the kernel's layout is declared here rather than either name used). */
 #ifndef IORING_FEAT_MIN_TIMEOUT
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
 #endif
+struct min_wait_arg {
+    __u64 sigmask;
+    __u32 sigmask_sz;
+    __u32 min_wait_usec;
+    __u64 ts;
+};
+_Static_assert(sizeof(struct min_wait_arg) == sizeof(struct io_uring_getevents_arg), "kernel layout");
 /* Sockets the file table holds with direct descriptors, at most RLIMIT_NOFILE (the kernel's
  * limit for the table too): the many workload's 10,000 and churn's turnover (an index is free
  * again once its close completed). */
@@ -27,7 +36,8 @@ static unsigned direct_table_size(void)
     return (unsigned)n;
 }
 
-static unsigned ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries)
+/* Returns the ring's IORING_FEAT_* bits; *registered: whether its fd is registered. */
+static unsigned ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, bool *registered)
 {
     static const struct {
         unsigned flags;
@@ -45,7 +55,7 @@ static unsigned ring_init(struct io_uring *ring, unsigned sq_entries, unsigned c
         };
         ret = io_uring_queue_init_params(sq_entries, ring, &p);
         if (ret == 0) {
-            io_uring_register_ring_fd(ring); /* enter without fdget/fdput; optional */
+            *registered = io_uring_register_ring_fd(ring) == 1; /* enter without fdget/fdput; optional */
             if (i > 0)
                 fprintf(stderr, "note: io_uring set up with %s (%s refused)\n", modes[i].name, modes[0].name);
             return p.features;
@@ -95,7 +105,7 @@ void peer_server_init(struct peer_server *s, const struct peer_args *args, const
     peer_raise_nofile();
     s->signal_fd = peer_signalfd(false); /* blocking: a read on an O_NONBLOCK file fails with -EAGAIN */
     s->listen_fd = peer_listen(&args->listen, false);
-    s->features = ring_init(&s->ring, sq_entries, cq_entries);
+    unsigned features = ring_init(&s->ring, sq_entries, cq_entries, &s->ring_fd_registered);
     s->direct = args->direct;
     s->min_wait_us = args->min_wait_us;
     if (s->direct) {
@@ -105,7 +115,7 @@ void peer_server_init(struct peer_server *s, const struct peer_args *args, const
             exit(1);
         }
     }
-    if (s->min_wait_us && !(s->features & IORING_FEAT_MIN_TIMEOUT)) {
+    if (s->min_wait_us && !(features & IORING_FEAT_MIN_TIMEOUT)) {
         fprintf(stderr, "--min-wait-us: this kernel has no IORING_FEAT_MIN_TIMEOUT (6.12)\n");
         exit(1);
     }
@@ -154,8 +164,7 @@ static void on_accept(struct peer_server *s, const struct io_uring_cqe *cqe)
 }
 
 /* Submits, then waits up to min_wait_us for wait_nr completions, and after that for the first
- * one: io_uring_enter with the min-wait argument liburing 2.3 cannot pass (its field is `pad`
- * there, `min_wait_usec` in later headers: a peer built against those needs the new name). The SQ flush is
+ * one: io_uring_enter with the min-wait argument liburing 2.3 cannot pass. The SQ flush is
  * liburing's own for a ring without SQPOLL. */
 static int submit_and_wait_min(struct peer_server *s, unsigned wait_nr)
 {
@@ -168,10 +177,10 @@ static int submit_and_wait_min(struct peer_server *s, unsigned wait_nr)
     unsigned submit = tail - *r->sq.khead;
     /* Without a timeout the kernel ends the wait at the min-wait, empty-handed (-ETIME). */
     static const struct __kernel_timespec hour = { .tv_sec = 3600 };
-    struct io_uring_getevents_arg arg = { .pad = s->min_wait_us, .ts = (__u64)(uintptr_t)&hour };
+    struct min_wait_arg arg = { .min_wait_usec = s->min_wait_us, .ts = (__u64)(uintptr_t)&hour };
     unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
     int fd = r->ring_fd;
-    if (r->enter_ring_fd != r->ring_fd) {
+    if (s->ring_fd_registered) {
         flags |= IORING_ENTER_REGISTERED_RING;
         fd = r->enter_ring_fd;
     }
@@ -224,6 +233,7 @@ void peer_server_run(struct peer_server *s)
         if (s->ops->turn_end)
             s->ops->turn_end(s);
     }
+    io_uring_submit(&s->ring); /* the last connections' teardown SQEs (--teardown sqes) */
     io_uring_queue_exit(&s->ring);
     close(s->signal_fd);
 }

@@ -45,7 +45,7 @@ struct peer_server {
     struct signalfd_siginfo siginfo;
     bool direct;          /* accepted sockets go into the ring's file table (--descriptors direct) */
     unsigned min_wait_us; /* --min-wait-us */
-    unsigned features;    /* IORING_FEAT_* of the ring */
+    bool ring_fd_registered;
 };
 
 /* The SQE flag that names a connection's socket: IOSQE_FIXED_FILE with direct descriptors. */

@@ -171,7 +171,7 @@ static void end_socket(struct conn *c, bool fin)
         close(c->fd);
         return;
     }
-    if (io_uring_sq_space_left(&E.srv.ring) < 2)
+    if (fin && io_uring_sq_space_left(&E.srv.ring) < 2)
         io_uring_submit(&E.srv.ring); /* keep the pair in one submission */
     struct io_uring_sqe *sqe;
     if (fin) {
