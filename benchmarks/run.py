@@ -71,12 +71,13 @@ ECHO_PEERS = [
     ("liburing-sqe-teardown", "benchmarks/peers/bench-uring-echo", ["--teardown", "sqes"]),
     ("liburing-min-wait", "benchmarks/peers/bench-uring-echo", ["--min-wait-us", "20"]),
 ]
-OPT_IN_PEERS = {"ringnet-shutdown-op", "liburing-direct", "liburing-sqe-teardown", "liburing-min-wait"}
 ECHO_REF = "liburing"
 
 # name -> (kind, path or program, extra args); kind: build (relative to build dir), tool (on PATH)
 PROXIES = [
     ("liburing-proxy", "build", "benchmarks/peers/bench-uring-proxy", []),
+    # measurement variant, run only when named in --peers: receive bundles instead of a circular buffer
+    ("liburing-proxy-bundles", "build", "benchmarks/peers/bench-uring-proxy", ["--recv", "bundles"]),
     ("ringnet-copy", "build", "examples/ringnet-proxy", ["--copy"]),
     ("ringnet-splice", "build", "examples/ringnet-proxy", ["--splice"]),
     ("socat", "tool", "socat", []),
@@ -84,6 +85,8 @@ PROXIES = [
     ("direct", "none", None, []),
 ]
 PROXY_REF = "liburing-proxy"
+OPT_IN_PEERS = {"ringnet-shutdown-op", "liburing-direct", "liburing-sqe-teardown", "liburing-min-wait",
+                "liburing-proxy-bundles"}
 
 ECHO_WORKLOADS = {
     "churn": ["--workload", "churn", "--connections", "32", "--size", "64"],
@@ -692,7 +695,7 @@ class Runner:
     def proxies(self):
         out = []
         for name, kind, what, extra in PROXIES:
-            if self.a.peers and name not in self.a.peers:
+            if not (name in self.a.peers if self.a.peers else name not in OPT_IN_PEERS):
                 continue
             if kind == "build":
                 path = self.build / what
@@ -846,7 +849,7 @@ class Runner:
                 for name, kind, path, extra in proxies:
                     cell = self.run_relay_cell(rnd, name, kind, path, extra, port, up)
                     self.cells.append(cell)
-                    log("  [relay %d/%d] %-14s %s%s" % (rnd, self.a.runs, name, self.cell_line(cell),
+                    log("  [relay %d/%d] %-22s %s%s" % (rnd, self.a.runs, name, self.cell_line(cell),
                                                         self.progress()))
                     if not usrv.alive():
                         break
@@ -1053,7 +1056,7 @@ class Runner:
                 for name, kind, path, extra in proxies:
                     cell = self.run_bulk_cell(rnd, name, kind, path, extra, port, up, iperf)
                     self.cells.append(cell)
-                    log("  [bulk %d/%d] %-14s %s%s" % (rnd, a.runs, name, self.cell_line(cell), self.progress()))
+                    log("  [bulk %d/%d] %-22s %s%s" % (rnd, a.runs, name, self.cell_line(cell), self.progress()))
                     if not isrv.alive():
                         break
         finally:
@@ -1180,7 +1183,9 @@ class Runner:
             return "-" if v is None else fmt % v
 
         def table(rows, cols):
-            """cols: (header, width, left-aligned?); rows: lists of strings."""
+            """cols: (header, width, left-aligned?); rows: lists of strings. A column is widened to
+            its longest cell."""
+            cols = [(h, max([w] + [len(r[i]) for r in rows]), left) for i, (h, w, left) in enumerate(cols)]
             line = " ".join((h.ljust(w) if left else h.rjust(w)) for h, w, left in cols)
             log(line)
             log("-" * len(line))

@@ -21,7 +21,8 @@ static const char *prog = "peer";
 static void usage(FILE *out, unsigned flags)
 {
     if (flags & PEER_ARGS_PROXY)
-        fprintf(out, "usage: %s --listen HOST:PORT --upstream HOST:PORT [--buffer BYTES] [--grace SECONDS]\n", prog);
+        fprintf(out, "usage: %s --listen HOST:PORT --upstream HOST:PORT [--buffer BYTES] [--grace SECONDS]\n"
+                     "       [--recv circular|bundles]\n", prog);
     else if (flags & PEER_ARGS_URING_PROBES)
         fprintf(out, "usage: %s --listen HOST:PORT [--grace SECONDS] [--descriptors regular|direct]\n"
                      "       [--teardown syscalls|sqes] [--min-wait-us 0..1000000]\n", prog);
@@ -133,6 +134,10 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
         } else if ((flags & PEER_ARGS_PROXY) && IS("--buffer")) {
             if (!parse_size(value, &out->buffer))
                 bad_args(flags, "bad --buffer (4096 .. 1G bytes, k/M suffix allowed)", value);
+        } else if ((flags & PEER_ARGS_PROXY) && IS("--recv")) {
+            if (strcmp(value, "circular") && strcmp(value, "bundles"))
+                bad_args(flags, "bad --recv (circular or bundles)", value);
+            out->recv_bundles = !strcmp(value, "bundles");
         } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--descriptors")) {
             if (strcmp(value, "regular") && strcmp(value, "direct"))
                 bad_args(flags, "bad --descriptors (regular or direct)", value);

@@ -23,6 +23,7 @@ struct peer_args {
     struct peer_endpoint upstream; /* only with PEER_ARGS_PROXY */
     double grace;                  /* seconds, default 5 */
     size_t buffer;                 /* bytes per direction, only with PEER_ARGS_PROXY */
+    bool recv_bundles;             /* --recv bundles, only with PEER_ARGS_PROXY */
     /* Only with PEER_ARGS_URING_PROBES: io_uring mechanisms the reference does not use by default,
      * each switched on alone to measure what it is worth. */
     bool direct;          /* --descriptors direct: sockets in the ring's file table, never an fd
@@ -32,7 +33,7 @@ struct peer_args {
 };
 
 enum {
-    PEER_ARGS_PROXY = 1,        /* also accept (and require) --upstream, accept --buffer */
+    PEER_ARGS_PROXY = 1,        /* also accept (and require) --upstream, accept --buffer, --recv */
     PEER_ARGS_URING_PROBES = 2, /* accept --descriptors, --teardown, --min-wait-us */
 };
 

@@ -5,7 +5,13 @@
  * filled part, so reading and writing overlap. Half-close is propagated: EOF from one side →
  * shutdown(SHUT_WR) of the other once everything read has been sent, the other direction keeps
  * running; both sockets close when both directions ended. An error on either side (RST, refused
- * upstream) aborts both (SO_LINGER {1,0} + close). */
+ * upstream) aborts both (SO_LINGER {1,0} + close).
+ *
+ * --recv bundles measures receive bundles instead (IORING_RECVSEND_BUNDLE, kernel 6.10): each
+ * direction's bytes are split into 64 KiB buffers in a provided-buffer ring of its own, one
+ * multishot recv fills as many of them per completion as the socket has data for, and one
+ * sendmsg (MSG_WAITALL) sends every buffer received so far; a sent buffer goes back into the
+ * ring, and a recv that ran out of buffers (-ENOBUFS) is re-armed then. */
 #include "peer_uring.h"
 
 #include <errno.h>
@@ -13,7 +19,19 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+/* Kernel 6.10 (liburing 2.3's headers predate them). */
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_FEAT_RECVSEND_BUNDLE
+#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
+#endif
+
+enum { BUNDLE_BUF_SIZE = 64 << 10, BUNDLE_MAX_IOV = 64 };
 
 enum { TAG_CONNECT = 0, TAG_RECV = 1, TAG_SEND = 2 };
 
@@ -27,6 +45,21 @@ struct half { /* one direction: src → buf → dst */
     bool recv_armed, send_armed;
     bool eof;  /* src sent FIN */
     bool shut; /* dst got our FIN: this direction is over */
+    /* --recv bundles: buf is split into ring_entries buffers of BUNDLE_BUF_SIZE, buffer group bgid.
+     * Received buffers wait in `queued` in arrival order (the last buffer of each recv may be
+     * partly filled), from index `queue_head`, `queue_len` of them; the first `sending` of them
+     * are in the send. len counts their bytes. */
+    struct io_uring_buf_ring *ring;
+    unsigned short bgid;
+    unsigned ring_head; /* how many buffers the kernel has taken from the ring */
+    struct {
+        unsigned short bid;
+        unsigned len;
+    } queued[BUNDLE_MAX_IOV];
+    unsigned queue_head, queue_len, sending;
+    size_t sending_bytes;
+    struct iovec iov[BUNDLE_MAX_IOV];
+    struct msghdr msg;
 };
 
 struct session {
@@ -40,6 +73,9 @@ static struct {
     struct peer_server srv;
     struct peer_endpoint upstream;
     size_t cap; /* bytes per direction */
+    bool bundles;
+    unsigned ring_entries; /* --recv bundles: buffers per direction, a power of two */
+    unsigned short next_bgid, free_bgids[1024], free_bgid_count;
     struct peer_link sessions;
     struct peer_pool pool, buffers;
 } P = { .pool = PEER_POOL_INIT(struct session, 64) };
@@ -63,12 +99,124 @@ static void arm_send(struct half *h)
     h->send_armed = true;
 }
 
+static char *bundle_buf(const struct half *h, unsigned bid) { return h->buf + (size_t)bid * BUNDLE_BUF_SIZE; }
+
+static void bundle_return(struct half *h, unsigned bid)
+{
+    io_uring_buf_ring_add(h->ring, bundle_buf(h, bid), BUNDLE_BUF_SIZE, (unsigned short)bid,
+                          io_uring_buf_ring_mask(P.ring_entries), 0);
+    io_uring_buf_ring_advance(h->ring, 1);
+}
+
+/* A provided-buffer ring of its own for this direction, filled with all its buffers. */
+static bool bundle_setup(struct half *h)
+{
+    size_t bytes = (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return false;
+    h->bgid = P.free_bgid_count ? P.free_bgids[--P.free_bgid_count] : P.next_bgid++;
+    struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)mem, .ring_entries = P.ring_entries, .bgid = h->bgid };
+    if (io_uring_register_buf_ring(&P.srv.ring, &reg, 0) < 0) {
+        munmap(mem, bytes);
+        return false;
+    }
+    h->ring = mem;
+    io_uring_buf_ring_init(h->ring);
+    for (unsigned i = 0; i < P.ring_entries; i++)
+        bundle_return(h, i);
+    return true;
+}
+
+static void bundle_teardown(struct half *h)
+{
+    if (!h->ring)
+        return;
+    io_uring_unregister_buf_ring(&P.srv.ring, h->bgid);
+    munmap(h->ring, (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095);
+    h->ring = NULL;
+    if (P.free_bgid_count < sizeof P.free_bgids / sizeof P.free_bgids[0])
+        P.free_bgids[P.free_bgid_count++] = h->bgid;
+}
+
+static void bundle_arm_recv(struct half *h)
+{
+    struct io_uring_sqe *sqe = peer_sqe(&P.srv);
+    io_uring_prep_recv_multishot(sqe, h->src, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = h->bgid;
+    sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+    io_uring_sqe_set_data64(sqe, peer_ud(h, TAG_RECV));
+    h->recv_armed = true;
+}
+
+/* One sendmsg of every queued buffer; MSG_WAITALL: it completes with all of them or fails. */
+static void bundle_arm_send(struct half *h)
+{
+    unsigned n = h->queue_len;
+    h->sending_bytes = 0;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned q = (h->queue_head + i) % BUNDLE_MAX_IOV;
+        h->iov[i] = (struct iovec){ bundle_buf(h, h->queued[q].bid), h->queued[q].len };
+        h->sending_bytes += h->queued[q].len;
+    }
+    h->msg = (struct msghdr){ .msg_iov = h->iov, .msg_iovlen = n };
+    struct io_uring_sqe *sqe = peer_sqe(&P.srv);
+    io_uring_prep_sendmsg(sqe, h->dst, &h->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_sqe_set_data64(sqe, peer_ud(h, TAG_SEND));
+    h->sending = n;
+    h->send_armed = true;
+}
+
+/* A recv completion of res > 0 bytes: it filled the next buffers of the ring, in ring order,
+ * the first of them named by the CQE. */
+static void bundle_received(struct half *h, size_t res, unsigned first_bid)
+{
+    if (h->ring->bufs[h->ring_head & io_uring_buf_ring_mask(P.ring_entries)].bid != first_bid) {
+        fprintf(stderr, "bench-uring-proxy: a bundle did not start at the ring's head\n");
+        abort();
+    }
+    while (res) {
+        unsigned short bid = h->ring->bufs[h->ring_head++ & io_uring_buf_ring_mask(P.ring_entries)].bid;
+        unsigned len = res < BUNDLE_BUF_SIZE ? (unsigned)res : BUNDLE_BUF_SIZE;
+        unsigned q = (h->queue_head + h->queue_len++) % BUNDLE_MAX_IOV;
+        h->queued[q].bid = bid;
+        h->queued[q].len = len;
+        h->len += len;
+        res -= len;
+    }
+}
+
+/* The send of the first `sending` queued buffers completed with res: all of them (MSG_WAITALL),
+ * or the connection failed. */
+static bool bundle_sent(struct half *h, int res)
+{
+    if (res < 0 || (size_t)res != h->sending_bytes)
+        return false;
+    for (unsigned i = 0; i < h->sending; i++) {
+        bundle_return(h, h->queued[h->queue_head].bid);
+        h->queue_head = (h->queue_head + 1) % BUNDLE_MAX_IOV;
+    }
+    h->queue_len -= h->sending;
+    h->len -= (size_t)res;
+    h->sending = 0;
+    return true;
+}
+
 static void half_step(struct half *h)
 {
-    if (h->len && !h->send_armed)
-        arm_send(h);
-    if (!h->eof && !h->recv_armed && h->len < P.cap)
-        arm_recv(h);
+    if (h->len && !h->send_armed) {
+        if (P.bundles)
+            bundle_arm_send(h);
+        else
+            arm_send(h);
+    }
+    if (!h->eof && !h->recv_armed && (P.bundles ? h->queue_len < P.ring_entries : h->len < P.cap)) {
+        if (P.bundles)
+            bundle_arm_recv(h);
+        else
+            arm_recv(h);
+    }
     if (h->eof && !h->len && !h->send_armed && !h->shut) {
         shutdown(h->dst, SHUT_WR);
         h->shut = true;
@@ -99,6 +247,8 @@ static void step(struct session *s)
     } else {
         return;
     }
+    bundle_teardown(&s->dir[0]);
+    bundle_teardown(&s->dir[1]);
     peer_pool_put(&P.buffers, s->dir[0].buf);
     peer_list_remove(&s->live);
     peer_pool_put(&P.pool, s);
@@ -142,6 +292,12 @@ static void accepted(struct peer_server *srv, int fd)
     };
     peer_list_push(&P.sessions, &s->live);
     srv->live++;
+    if (P.bundles && !(bundle_setup(&s->dir[0]) && bundle_setup(&s->dir[1]))) {
+        s->connecting = false;
+        fail(s);
+        step(s);
+        return;
+    }
 
     struct io_uring_sqe *sqe = peer_sqe(srv);
     io_uring_prep_connect(sqe, up, (const struct sockaddr *)&P.upstream.addr, P.upstream.len);
@@ -162,12 +318,18 @@ static void completion(struct peer_server *srv, struct io_uring_cqe *cqe)
         struct half *h = peer_ud_ptr(cqe->user_data);
         s = h->sess;
         if (peer_ud_tag(cqe->user_data) == TAG_RECV) {
-            h->recv_armed = false;
-            if (res > 0)
+            h->recv_armed = P.bundles && (cqe->flags & IORING_CQE_F_MORE); /* multishot goes on */
+            if (res > 0 && P.bundles)
+                bundle_received(h, (size_t)res, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            else if (res > 0)
                 h->len += (size_t)res;
             else if (res == 0)
                 h->eof = true;
-            else
+            else if (!(P.bundles && res == -ENOBUFS)) /* out of buffers: re-armed once some are sent */
+                fail(s);
+        } else if (P.bundles) {
+            h->send_armed = false;
+            if (!bundle_sent(h, res))
                 fail(s);
         } else {
             h->send_armed = false;
@@ -202,9 +364,23 @@ int main(int argc, char **argv)
     peer_parse_args(argc, argv, PEER_ARGS_PROXY, &args);
     P.upstream = args.upstream;
     P.cap = args.buffer;
-    P.buffers = (struct peer_pool){ .size = 2 * args.buffer, .per_chunk = 1 };
+    P.bundles = args.recv_bundles;
+    P.next_bgid = 1;
+    if (P.bundles) {
+        /* buffers per direction: --buffer's worth, a power of two from 2 to BUNDLE_MAX_IOV */
+        P.ring_entries = 2;
+        while (P.ring_entries < BUNDLE_MAX_IOV && (size_t)P.ring_entries * 2 * BUNDLE_BUF_SIZE <= P.cap)
+            P.ring_entries *= 2;
+        if (P.cap < (size_t)P.ring_entries * BUNDLE_BUF_SIZE)
+            P.cap = (size_t)P.ring_entries * BUNDLE_BUF_SIZE;
+    }
+    P.buffers = (struct peer_pool){ .size = 2 * P.cap, .per_chunk = 1 };
     peer_list_init(&P.sessions);
     peer_server_init(&P.srv, &args, &ops, 1024, 8192);
+    if (P.bundles && !(P.srv.ring.features & IORING_FEAT_RECVSEND_BUNDLE)) {
+        fprintf(stderr, "--recv bundles: this kernel has no IORING_FEAT_RECVSEND_BUNDLE (6.10)\n");
+        return 1;
+    }
     peer_server_run(&P.srv);
     return 0;
 }
