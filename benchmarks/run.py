@@ -76,8 +76,10 @@ ECHO_REF = "liburing"
 # name -> (kind, path or program, extra args); kind: build (relative to build dir), tool (on PATH)
 PROXIES = [
     ("liburing-proxy", "build", "benchmarks/peers/bench-uring-proxy", []),
-    # measurement variant, run only when named in --peers: receive bundles instead of a circular buffer
+    # measurement variants, run only when named in --peers: receiving from a provided-buffer ring
+    # (bundles; incrementally consumed buffers) instead of into a circular buffer
     ("liburing-proxy-bundles", "build", "benchmarks/peers/bench-uring-proxy", ["--recv", "bundles"]),
+    ("liburing-proxy-incremental", "build", "benchmarks/peers/bench-uring-proxy", ["--recv", "incremental"]),
     ("ringnet-copy", "build", "examples/ringnet-proxy", ["--copy"]),
     ("ringnet-splice", "build", "examples/ringnet-proxy", ["--splice"]),
     ("socat", "tool", "socat", []),
@@ -86,7 +88,7 @@ PROXIES = [
 ]
 PROXY_REF = "liburing-proxy"
 OPT_IN_PEERS = {"ringnet-shutdown-op", "liburing-direct", "liburing-sqe-teardown", "liburing-min-wait",
-                "liburing-proxy-bundles"}
+                "liburing-proxy-bundles", "liburing-proxy-incremental"}
 
 ECHO_WORKLOADS = {
     "churn": ["--workload", "churn", "--connections", "32", "--size", "64"],

@@ -22,7 +22,7 @@ static void usage(FILE *out, unsigned flags)
 {
     if (flags & PEER_ARGS_PROXY)
         fprintf(out, "usage: %s --listen HOST:PORT --upstream HOST:PORT [--buffer BYTES] [--grace SECONDS]\n"
-                     "       [--recv circular|bundles]\n", prog);
+                     "       [--recv circular|bundles|incremental]\n", prog);
     else if (flags & PEER_ARGS_URING_PROBES)
         fprintf(out, "usage: %s --listen HOST:PORT [--grace SECONDS] [--descriptors regular|direct]\n"
                      "       [--teardown syscalls|sqes] [--min-wait-us 0..1000000]\n", prog);
@@ -135,9 +135,13 @@ void peer_parse_args(int argc, char **argv, unsigned flags, struct peer_args *ou
             if (!parse_size(value, &out->buffer))
                 bad_args(flags, "bad --buffer (4096 .. 1G bytes, k/M suffix allowed)", value);
         } else if ((flags & PEER_ARGS_PROXY) && IS("--recv")) {
-            if (strcmp(value, "circular") && strcmp(value, "bundles"))
-                bad_args(flags, "bad --recv (circular or bundles)", value);
-            out->recv_bundles = !strcmp(value, "bundles");
+            static const char *const modes[] = { "circular", "bundles", "incremental" };
+            out->recv_mode = -1;
+            for (int m = 0; m < 3; m++)
+                if (!strcmp(value, modes[m]))
+                    out->recv_mode = m;
+            if (out->recv_mode < 0)
+                bad_args(flags, "bad --recv (circular, bundles or incremental)", value);
         } else if ((flags & PEER_ARGS_URING_PROBES) && IS("--descriptors")) {
             if (strcmp(value, "regular") && strcmp(value, "direct"))
                 bad_args(flags, "bad --descriptors (regular or direct)", value);

@@ -23,7 +23,7 @@ struct peer_args {
     struct peer_endpoint upstream; /* only with PEER_ARGS_PROXY */
     double grace;                  /* seconds, default 5 */
     size_t buffer;                 /* bytes per direction, only with PEER_ARGS_PROXY */
-    bool recv_bundles;             /* --recv bundles, only with PEER_ARGS_PROXY */
+    int recv_mode;                 /* --recv circular|bundles|incremental: 0, 1, 2; only with PEER_ARGS_PROXY */
     /* Only with PEER_ARGS_URING_PROBES: io_uring mechanisms the reference does not use by default,
      * each switched on alone to measure what it is worth. */
     bool direct;          /* --descriptors direct: sockets in the ring's file table, never an fd

@@ -7,11 +7,15 @@
  * running; both sockets close when both directions ended. An error on either side (RST, refused
  * upstream) aborts both (SO_LINGER {1,0} + close).
  *
- * --recv bundles measures receive bundles instead (IORING_RECVSEND_BUNDLE, kernel 6.10): each
- * direction's bytes are split into 64 KiB buffers in a provided-buffer ring of its own, one
- * multishot recv fills as many of them per completion as the socket has data for, and one
- * sendmsg (MSG_WAITALL) sends every buffer received so far; a sent buffer goes back into the
- * ring, and a recv that ran out of buffers (-ENOBUFS) is re-armed then. */
+ * --recv bundles|incremental measures receiving from a provided-buffer ring instead: each
+ * direction's --buffer bytes become a ring of its own, one multishot recv stays armed, and one
+ * sendmsg (MSG_WAITALL) sends everything received so far; a buffer goes back into the ring once
+ * the kernel is done filling it and all of it was sent, and a recv that ran out of buffers
+ * (-ENOBUFS) is re-armed then.
+ *   bundles (IORING_RECVSEND_BUNDLE, kernel 6.10): 64 KiB buffers; one completion fills as many
+ *     of them as the socket has data for.
+ *   incremental (IOU_PBUF_RING_INC, 6.12): 256 KiB buffers; a completion takes only the bytes it
+ *     received from the buffer at the ring's head, the next one goes on from there. */
 #include "peer_uring.h"
 
 #include <errno.h>
@@ -23,15 +27,20 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Kernel 6.10 (liburing 2.3's headers predate them). */
+/* Kernel 6.10 and 6.12 (liburing 2.3's headers predate them). */
 #ifndef IORING_RECVSEND_BUNDLE
 #define IORING_RECVSEND_BUNDLE (1U << 4)
 #endif
 #ifndef IORING_FEAT_RECVSEND_BUNDLE
 #define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
 #endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#define PROXY_PBUF_RING_INC 2 /* IOU_PBUF_RING_INC, io_uring_buf_reg.flags */
 
-enum { BUNDLE_BUF_SIZE = 64 << 10, BUNDLE_MAX_IOV = 64 };
+enum recv_mode { RECV_CIRCULAR, RECV_BUNDLES, RECV_INCREMENTAL };
+enum { RING_MAX_BUFFERS = 64, RING_MAX_SEGMENTS = 2 * RING_MAX_BUFFERS + 2 };
 
 enum { TAG_CONNECT = 0, TAG_RECV = 1, TAG_SEND = 2 };
 
@@ -45,20 +54,25 @@ struct half { /* one direction: src → buf → dst */
     bool recv_armed, send_armed;
     bool eof;  /* src sent FIN */
     bool shut; /* dst got our FIN: this direction is over */
-    /* --recv bundles: buf is split into ring_entries buffers of BUNDLE_BUF_SIZE, buffer group bgid.
-     * Received buffers wait in `queued` in arrival order (the last buffer of each recv may be
-     * partly filled), from index `queue_head`, `queue_len` of them; the first `sending` of them
-     * are in the send. len counts their bytes. */
+    /* --recv bundles|incremental: buf is split into ring_entries buffers of buf_size, buffer group
+     * bgid. Received bytes wait in `queued` as segments in arrival order, from index queue_head,
+     * queue_len of them; the first `sending` of them are in the send. len counts their bytes. */
     struct io_uring_buf_ring *ring;
     unsigned short bgid;
-    unsigned ring_head; /* how many buffers the kernel has taken from the ring */
+    unsigned ring_head; /* how many buffers the kernel has finished with and moved past */
+    unsigned taken;     /* of those, how many are not back in the ring */
     struct {
         unsigned short bid;
-        unsigned len;
-    } queued[BUNDLE_MAX_IOV];
+        unsigned off, len;
+    } queued[RING_MAX_SEGMENTS];
     unsigned queue_head, queue_len, sending;
     size_t sending_bytes;
-    struct iovec iov[BUNDLE_MAX_IOV];
+    struct {
+        unsigned filled;   /* bytes received into it so far */
+        unsigned segments; /* queued segments in it */
+        bool finished;     /* the kernel moved past it */
+    } bufstate[RING_MAX_BUFFERS];
+    struct iovec iov[RING_MAX_SEGMENTS];
     struct msghdr msg;
 };
 
@@ -73,9 +87,11 @@ static struct {
     struct peer_server srv;
     struct peer_endpoint upstream;
     size_t cap; /* bytes per direction */
-    bool bundles;
-    unsigned ring_entries; /* --recv bundles: buffers per direction, a power of two */
-    unsigned short next_bgid, free_bgids[1024], free_bgid_count;
+    enum recv_mode mode;
+    unsigned ring_entries; /* --recv bundles|incremental: buffers per direction, a power of two */
+    unsigned buf_size;
+    unsigned short next_bgid, free_bgids[65536];
+    unsigned free_bgid_count;
     struct peer_link sessions;
     struct peer_pool pool, buffers;
 } P = { .pool = PEER_POOL_INIT(struct session, 64) };
@@ -99,65 +115,69 @@ static void arm_send(struct half *h)
     h->send_armed = true;
 }
 
-static char *bundle_buf(const struct half *h, unsigned bid) { return h->buf + (size_t)bid * BUNDLE_BUF_SIZE; }
+static char *ring_buf(const struct half *h, unsigned bid) { return h->buf + (size_t)bid * P.buf_size; }
 
-static void bundle_return(struct half *h, unsigned bid)
+static void ring_return(struct half *h, unsigned bid)
 {
-    io_uring_buf_ring_add(h->ring, bundle_buf(h, bid), BUNDLE_BUF_SIZE, (unsigned short)bid,
+    io_uring_buf_ring_add(h->ring, ring_buf(h, bid), P.buf_size, (unsigned short)bid,
                           io_uring_buf_ring_mask(P.ring_entries), 0);
     io_uring_buf_ring_advance(h->ring, 1);
 }
 
+static size_t ring_bytes(void) { return (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095; }
+
 /* A provided-buffer ring of its own for this direction, filled with all its buffers. */
-static bool bundle_setup(struct half *h)
+static bool ring_setup(struct half *h)
 {
-    size_t bytes = (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
-    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *mem = mmap(NULL, ring_bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
         return false;
     h->bgid = P.free_bgid_count ? P.free_bgids[--P.free_bgid_count] : P.next_bgid++;
     struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)mem, .ring_entries = P.ring_entries, .bgid = h->bgid };
+    if (P.mode == RECV_INCREMENTAL)
+        reg.pad = PROXY_PBUF_RING_INC; /* the field newer headers call `flags` */
     if (io_uring_register_buf_ring(&P.srv.ring, &reg, 0) < 0) {
-        munmap(mem, bytes);
+        munmap(mem, ring_bytes());
+        P.free_bgids[P.free_bgid_count++] = h->bgid;
         return false;
     }
     h->ring = mem;
     io_uring_buf_ring_init(h->ring);
     for (unsigned i = 0; i < P.ring_entries; i++)
-        bundle_return(h, i);
+        ring_return(h, i);
     return true;
 }
 
-static void bundle_teardown(struct half *h)
+static void ring_teardown(struct half *h)
 {
     if (!h->ring)
         return;
     io_uring_unregister_buf_ring(&P.srv.ring, h->bgid);
-    munmap(h->ring, (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095);
+    munmap(h->ring, ring_bytes());
     h->ring = NULL;
-    if (P.free_bgid_count < sizeof P.free_bgids / sizeof P.free_bgids[0])
-        P.free_bgids[P.free_bgid_count++] = h->bgid;
+    P.free_bgids[P.free_bgid_count++] = h->bgid;
 }
 
-static void bundle_arm_recv(struct half *h)
+static void ring_arm_recv(struct half *h)
 {
     struct io_uring_sqe *sqe = peer_sqe(&P.srv);
     io_uring_prep_recv_multishot(sqe, h->src, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = h->bgid;
-    sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+    if (P.mode == RECV_BUNDLES)
+        sqe->ioprio |= IORING_RECVSEND_BUNDLE;
     io_uring_sqe_set_data64(sqe, peer_ud(h, TAG_RECV));
     h->recv_armed = true;
 }
 
-/* One sendmsg of every queued buffer; MSG_WAITALL: it completes with all of them or fails. */
-static void bundle_arm_send(struct half *h)
+/* One sendmsg of every queued segment; MSG_WAITALL: it completes with all of them or fails. */
+static void ring_arm_send(struct half *h)
 {
     unsigned n = h->queue_len;
     h->sending_bytes = 0;
     for (unsigned i = 0; i < n; i++) {
-        unsigned q = (h->queue_head + i) % BUNDLE_MAX_IOV;
-        h->iov[i] = (struct iovec){ bundle_buf(h, h->queued[q].bid), h->queued[q].len };
+        unsigned q = (h->queue_head + i) % RING_MAX_SEGMENTS;
+        h->iov[i] = (struct iovec){ ring_buf(h, h->queued[q].bid) + h->queued[q].off, h->queued[q].len };
         h->sending_bytes += h->queued[q].len;
     }
     h->msg = (struct msghdr){ .msg_iov = h->iov, .msg_iovlen = n };
@@ -168,34 +188,66 @@ static void bundle_arm_send(struct half *h)
     h->send_armed = true;
 }
 
-/* A recv completion of res > 0 bytes: it filled the next buffers of the ring, in ring order,
- * the first of them named by the CQE. */
-static void bundle_received(struct half *h, size_t res, unsigned first_bid)
+/* Queues `len` bytes received into buffer bid after the bytes it already holds; bytes that
+ * follow the last queued segment of the same buffer (not yet in a send) extend it. */
+static void ring_queue(struct half *h, unsigned bid, unsigned len, bool finished)
 {
-    if (h->ring->bufs[h->ring_head & io_uring_buf_ring_mask(P.ring_entries)].bid != first_bid) {
-        fprintf(stderr, "bench-uring-proxy: a bundle did not start at the ring's head\n");
+    unsigned last = (h->queue_head + h->queue_len - 1) % RING_MAX_SEGMENTS;
+    if (h->queue_len > h->sending && h->queued[last].bid == bid) {
+        h->queued[last].len += len;
+    } else {
+        unsigned q = (h->queue_head + h->queue_len++) % RING_MAX_SEGMENTS;
+        h->queued[q].bid = (unsigned short)bid;
+        h->queued[q].off = h->bufstate[bid].filled;
+        h->queued[q].len = len;
+        h->bufstate[bid].segments++;
+    }
+    h->bufstate[bid].filled += len;
+    h->len += len;
+    if (finished) {
+        h->bufstate[bid].finished = true;
+        h->ring_head++;
+        h->taken++;
+    }
+}
+
+/* A recv completion of res > 0 bytes. It starts in the buffer at the ring's head, named by the
+ * CQE; a bundle fills the buffers after it too, each taken whole (the last one partly filled);
+ * an incremental ring's buffer stays at the head while the kernel says there is more of it. */
+static void ring_received(struct half *h, size_t res, const struct io_uring_cqe *cqe)
+{
+    unsigned mask = io_uring_buf_ring_mask(P.ring_entries);
+    if (h->ring->bufs[h->ring_head & mask].bid != cqe->flags >> IORING_CQE_BUFFER_SHIFT) {
+        fprintf(stderr, "bench-uring-proxy: a recv did not start at the ring's head\n");
         abort();
     }
+    if (P.mode == RECV_INCREMENTAL) {
+        ring_queue(h, cqe->flags >> IORING_CQE_BUFFER_SHIFT, (unsigned)res, !(cqe->flags & IORING_CQE_F_BUF_MORE));
+        return;
+    }
     while (res) {
-        unsigned short bid = h->ring->bufs[h->ring_head++ & io_uring_buf_ring_mask(P.ring_entries)].bid;
-        unsigned len = res < BUNDLE_BUF_SIZE ? (unsigned)res : BUNDLE_BUF_SIZE;
-        unsigned q = (h->queue_head + h->queue_len++) % BUNDLE_MAX_IOV;
-        h->queued[q].bid = bid;
-        h->queued[q].len = len;
-        h->len += len;
+        unsigned len = res < P.buf_size ? (unsigned)res : P.buf_size;
+        ring_queue(h, h->ring->bufs[h->ring_head & mask].bid, len, true);
         res -= len;
     }
 }
 
-/* The send of the first `sending` queued buffers completed with res: all of them (MSG_WAITALL),
- * or the connection failed. */
-static bool bundle_sent(struct half *h, int res)
+/* The send of the first `sending` queued segments completed with res: all of them (MSG_WAITALL),
+ * or the connection failed. A buffer the kernel finished with and that has nothing left to
+ * send goes back into the ring. */
+static bool ring_sent(struct half *h, int res)
 {
     if (res < 0 || (size_t)res != h->sending_bytes)
         return false;
     for (unsigned i = 0; i < h->sending; i++) {
-        bundle_return(h, h->queued[h->queue_head].bid);
-        h->queue_head = (h->queue_head + 1) % BUNDLE_MAX_IOV;
+        unsigned bid = h->queued[h->queue_head].bid;
+        h->queue_head = (h->queue_head + 1) % RING_MAX_SEGMENTS;
+        if (--h->bufstate[bid].segments == 0 && h->bufstate[bid].finished) {
+            h->bufstate[bid].filled = 0;
+            h->bufstate[bid].finished = false;
+            h->taken--;
+            ring_return(h, bid);
+        }
     }
     h->queue_len -= h->sending;
     h->len -= (size_t)res;
@@ -206,14 +258,14 @@ static bool bundle_sent(struct half *h, int res)
 static void half_step(struct half *h)
 {
     if (h->len && !h->send_armed) {
-        if (P.bundles)
-            bundle_arm_send(h);
+        if (P.mode != RECV_CIRCULAR)
+            ring_arm_send(h);
         else
             arm_send(h);
     }
-    if (!h->eof && !h->recv_armed && (P.bundles ? h->queue_len < P.ring_entries : h->len < P.cap)) {
-        if (P.bundles)
-            bundle_arm_recv(h);
+    if (!h->eof && !h->recv_armed && (P.mode != RECV_CIRCULAR ? h->taken < P.ring_entries : h->len < P.cap)) {
+        if (P.mode != RECV_CIRCULAR)
+            ring_arm_recv(h);
         else
             arm_recv(h);
     }
@@ -247,8 +299,8 @@ static void step(struct session *s)
     } else {
         return;
     }
-    bundle_teardown(&s->dir[0]);
-    bundle_teardown(&s->dir[1]);
+    ring_teardown(&s->dir[0]);
+    ring_teardown(&s->dir[1]);
     peer_pool_put(&P.buffers, s->dir[0].buf);
     peer_list_remove(&s->live);
     peer_pool_put(&P.pool, s);
@@ -292,7 +344,7 @@ static void accepted(struct peer_server *srv, int fd)
     };
     peer_list_push(&P.sessions, &s->live);
     srv->live++;
-    if (P.bundles && !(bundle_setup(&s->dir[0]) && bundle_setup(&s->dir[1]))) {
+    if (P.mode != RECV_CIRCULAR && !(ring_setup(&s->dir[0]) && ring_setup(&s->dir[1]))) {
         s->connecting = false;
         fail(s);
         step(s);
@@ -318,18 +370,18 @@ static void completion(struct peer_server *srv, struct io_uring_cqe *cqe)
         struct half *h = peer_ud_ptr(cqe->user_data);
         s = h->sess;
         if (peer_ud_tag(cqe->user_data) == TAG_RECV) {
-            h->recv_armed = P.bundles && (cqe->flags & IORING_CQE_F_MORE); /* multishot goes on */
-            if (res > 0 && P.bundles)
-                bundle_received(h, (size_t)res, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            h->recv_armed = P.mode != RECV_CIRCULAR && (cqe->flags & IORING_CQE_F_MORE); /* multishot goes on */
+            if (res > 0 && P.mode != RECV_CIRCULAR)
+                ring_received(h, (size_t)res, cqe);
             else if (res > 0)
                 h->len += (size_t)res;
             else if (res == 0)
                 h->eof = true;
-            else if (!(P.bundles && res == -ENOBUFS)) /* out of buffers: re-armed once some are sent */
+            else if (!(P.mode != RECV_CIRCULAR && res == -ENOBUFS)) /* out of buffers: re-armed once some are sent */
                 fail(s);
-        } else if (P.bundles) {
+        } else if (P.mode != RECV_CIRCULAR) {
             h->send_armed = false;
-            if (!bundle_sent(h, res))
+            if (!ring_sent(h, res))
                 fail(s);
         } else {
             h->send_armed = false;
@@ -364,20 +416,21 @@ int main(int argc, char **argv)
     peer_parse_args(argc, argv, PEER_ARGS_PROXY, &args);
     P.upstream = args.upstream;
     P.cap = args.buffer;
-    P.bundles = args.recv_bundles;
+    P.mode = args.recv_mode;
     P.next_bgid = 1;
-    if (P.bundles) {
-        /* buffers per direction: --buffer's worth, a power of two from 2 to BUNDLE_MAX_IOV */
+    if (P.mode != RECV_CIRCULAR) {
+        /* buffers per direction: --buffer's worth, a power of two from 2 to RING_MAX_BUFFERS */
+        P.buf_size = P.mode == RECV_BUNDLES ? 64 << 10 : 256 << 10;
         P.ring_entries = 2;
-        while (P.ring_entries < BUNDLE_MAX_IOV && (size_t)P.ring_entries * 2 * BUNDLE_BUF_SIZE <= P.cap)
+        while (P.ring_entries < RING_MAX_BUFFERS && (size_t)P.ring_entries * 2 * P.buf_size <= P.cap)
             P.ring_entries *= 2;
-        if (P.cap < (size_t)P.ring_entries * BUNDLE_BUF_SIZE)
-            P.cap = (size_t)P.ring_entries * BUNDLE_BUF_SIZE;
+        if (P.cap < (size_t)P.ring_entries * P.buf_size)
+            P.cap = (size_t)P.ring_entries * P.buf_size;
     }
     P.buffers = (struct peer_pool){ .size = 2 * P.cap, .per_chunk = 1 };
     peer_list_init(&P.sessions);
     peer_server_init(&P.srv, &args, &ops, 1024, 8192);
-    if (P.bundles && !(P.srv.ring.features & IORING_FEAT_RECVSEND_BUNDLE)) {
+    if (P.mode == RECV_BUNDLES && !(P.srv.ring.features & IORING_FEAT_RECVSEND_BUNDLE)) {
         fprintf(stderr, "--recv bundles: this kernel has no IORING_FEAT_RECVSEND_BUNDLE (6.10)\n");
         return 1;
     }
