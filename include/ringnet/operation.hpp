@@ -68,6 +68,8 @@ inline std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_
   return t + std::chrono::duration_cast<tp::duration>(d);
 }
 inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds d) noexcept {
+  // No clock read for the untimed case: it is on the path of every send_all.
+  if (d == no_timeout) return std::chrono::steady_clock::time_point::max();
   return deadline_after(std::chrono::steady_clock::now(), d);
 }
 // What is left until `t` (zero once passed; no_timeout for time_point::max()).
