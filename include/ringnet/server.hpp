@@ -202,12 +202,12 @@ class server {
       backoff = backoff_min;
       ++counters_.accepted;
       // Counted before its task first runs, so the limit holds for the next turn of this loop.
-      task<void> t = serve(std::move(*s));
+      detail::detached_task t = serve(std::move(*s));
       ++active_;
       ++busy_;
       counters_.max_active = std::max(counters_.max_active, active_);
       burst_peak_ = std::max(burst_peak_, active_);
-      spawn(*ctx_, std::move(t));
+      detail::start_detached(detail::ring_of(*ctx_), t);
     }
     done_one();
   }
@@ -289,7 +289,11 @@ class server {
       takes_limits, std::invoke_result<Handler&, stream&, inplace_stop_token, connection_limits&>,
       std::invoke_result<Handler&, stream&, inplace_stop_token>>::type>;
 
-  task<void> serve(stream st) {
+  // A connection's task is a detached frame of its own (the ring owns it), not a task inside a
+  // spawned wrapper: an idle connection holds one coroutine frame fewer. Nothing escapes it: a
+  // handler's exception is counted; one from closing (out of memory for a frame) goes to the
+  // context's exception handler, and the connection is unlinked either way.
+  detail::detached_task serve(stream st) {
     connection c(std::move(st));
     if (watching_deadlines()) c.watch();
     link(c);
@@ -305,17 +309,21 @@ class server {
     } catch (...) {
       ++counters_.handler_exceptions;
     }
-    if (c.s.is_open()) {
-      c.closing = true;
-      graceful_close_options o = opts_.close;
-      if (shutting_down_) o.drain_timeout = std::min(o.drain_timeout, detail::until(deadline_));
-      const close_report r = co_await graceful_close(c.s, o, c.abort.get_token());
-      count(c, r.outcome, r.reset_sent);
-    } else if (told) {
-      count(c, *told, *told != close_outcome::clean && *told != close_outcome::peer_reset);
-    } else if (!count_deadline(c)) {
-      ++counters_.closed_by_handler;
-      if (shutting_down_) ++report_.finished;
+    try {
+      if (c.s.is_open()) {
+        c.closing = true;
+        graceful_close_options o = opts_.close;
+        if (shutting_down_) o.drain_timeout = std::min(o.drain_timeout, detail::until(deadline_));
+        const close_report r = co_await graceful_close(c.s, o, c.abort.get_token());
+        count(c, r.outcome, r.reset_sent);
+      } else if (told) {
+        count(c, *told, *told != close_outcome::clean && *told != close_outcome::peer_reset);
+      } else if (!count_deadline(c)) {
+        ++counters_.closed_by_handler;
+        if (shutting_down_) ++report_.finished;
+      }
+    } catch (...) {
+      detail::ring_of(*ctx_).report(std::current_exception());
     }
     unlink(c);
     done_one();
