@@ -1,18 +1,22 @@
 // Counts every global operator new on the calling thread, so a test can prove that an operation
-// allocates nothing.
+// allocates nothing; and fails one on request, so a test can see what running out of memory does.
 #include <cstdlib>
 #include <new>
+#include <utility>
 
 #include "support.hpp"
 
 namespace {
 thread_local std::size_t g_allocations = 0;
+thread_local bool g_fail_next = false;
 }
 
 std::size_t test::allocations() noexcept { return g_allocations; }
+void test::fail_next_allocation() noexcept { g_fail_next = true; }
 
 void* operator new(std::size_t n) {
   ++g_allocations;
+  if (std::exchange(g_fail_next, false)) throw std::bad_alloc();
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }

@@ -166,6 +166,8 @@ class watchdog {
 
 // Operator new calls on this thread since the program started (tests/alloc_counter.cpp).
 std::size_t allocations() noexcept;
+// The next throwing operator new on this thread throws std::bad_alloc (tests/alloc_counter.cpp).
+void fail_next_allocation() noexcept;
 
 #ifdef RINGNET_TEST_NO_ALLOC_COUNTER
 inline constexpr bool counting_allocations = false;  // TSan replaces operator new itself

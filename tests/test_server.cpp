@@ -1,5 +1,9 @@
 // server: accept loop, counters of how connections ended, and shutdown with idle, busy and stuck
 // connections within the grace period.
+
+// Frames from operator new, not this thread's pool, so that a test can make one fail.
+#define RINGNET_NO_FRAME_POOL 1
+
 #include <sys/wait.h>
 
 #include <mutex>
@@ -152,6 +156,47 @@ TEST_CASE("server: counts how connections ended before any shutdown, and handler
   CHECK(c.clean + c.peer_reset == 4);
   CHECK(c.peer_reset >= 1);
 }
+
+#ifndef RINGNET_TEST_NO_ALLOC_COUNTER
+TEST_CASE("server: no memory to close a connection: the error reaches the context, the connection is counted out") {
+  test::watchdog dog(std::chrono::seconds(30));  // a connection left counted in hangs shutdown
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  std::vector<std::exception_ptr> errors;
+  ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  // The handler returns with the stream open, so the server closes it: graceful_close's frame is
+  // the next allocation, and it fails.
+  auto handler = [&](rn::stream&, rn::inplace_stop_token) -> rn::task<void> {
+    test::fail_next_allocation();
+    co_return;
+  };
+  rn::server srv(ctx, std::move(*l), handler);
+  const auto ep = *srv.local_endpoint();
+  rn::spawn(ctx, srv.run());
+  test::read_result seen;
+  std::jthread client([&] {
+    const int fd = test::raw_connect(ep);
+    seen = test::read_to_end(fd);  // the stream closes with its frame: EOF
+    ::close(fd);
+  });
+  rn::shutdown_report report{};
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 5000 && (srv.counters().accepted == 0 || srv.active() > 0); ++i)
+      CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+    report = co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  client.join();
+  CHECK(srv.counters().accepted == 1);
+  CHECK(srv.active() == 0);
+  CHECK(report.elapsed < 500ms);  // nothing left to wait for
+  REQUIRE(errors.size() == 1);
+  CHECK_THROWS_AS(std::rethrow_exception(errors[0]), std::bad_alloc);
+  CHECK(seen.error == 0);
+}
+#endif
 
 TEST_CASE("server: a handler that closes the stream itself may say how it ended") {
   test::fd_leak_check fds;
