@@ -158,7 +158,7 @@ TEST_CASE("server: counts how connections ended before any shutdown, and handler
 }
 
 #ifndef RINGNET_TEST_NO_ALLOC_COUNTER
-TEST_CASE("server: no memory to close a connection: the error reaches the context, the connection is counted out") {
+TEST_CASE("server: no memory to close a connection: it is reset and counted, the error reaches the context") {
   test::watchdog dog(std::chrono::seconds(30));  // a connection left counted in hangs shutdown
   test::fd_leak_check fds;
   rn::io_context ctx(test::context_options());
@@ -178,7 +178,7 @@ TEST_CASE("server: no memory to close a connection: the error reaches the contex
   test::read_result seen;
   std::jthread client([&] {
     const int fd = test::raw_connect(ep);
-    seen = test::read_to_end(fd);  // the stream closes with its frame: EOF
+    seen = test::read_to_end(fd);
     ::close(fd);
   });
   rn::shutdown_report report{};
@@ -189,12 +189,15 @@ TEST_CASE("server: no memory to close a connection: the error reaches the contex
   };
   rn::sync_wait(ctx, body());
   client.join();
-  CHECK(srv.counters().accepted == 1);
+  const auto& c = srv.counters();
+  CHECK(c.accepted == 1);
+  CHECK(c.we_reset == 1);  // every accepted connection ended as exactly one outcome
+  CHECK(c.ended() == c.accepted);
   CHECK(srv.active() == 0);
   CHECK(report.elapsed < 500ms);  // nothing left to wait for
   REQUIRE(errors.size() == 1);
   CHECK_THROWS_AS(std::rethrow_exception(errors[0]), std::bad_alloc);
-  CHECK(seen.error == 0);
+  CHECK(seen.error == ECONNRESET);
 }
 #endif
 

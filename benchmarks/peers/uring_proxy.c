@@ -8,12 +8,13 @@
  * upstream) aborts both (SO_LINGER {1,0} + close).
  *
  * --recv bundles|incremental measures receiving from a provided-buffer ring instead: each
- * direction's --buffer bytes become a ring of its own, one multishot recv stays armed, and one
- * sendmsg (MSG_WAITALL) sends everything received so far; a buffer goes back into the ring once
- * the kernel is done filling it and all of it was sent, and a recv that ran out of buffers
- * (-ENOBUFS) is re-armed then.
+ * direction's --buffer bytes become a ring of its own, a multishot recv is kept armed (re-armed
+ * whenever the kernel ends it), and one sendmsg (MSG_WAITALL) sends everything received so far;
+ * a buffer goes back into the ring once the kernel is done filling it and all of it was sent,
+ * and a recv that ran out of buffers (-ENOBUFS) is re-armed then.
  *   bundles (IORING_RECVSEND_BUNDLE, kernel 6.10): 64 KiB buffers; one completion fills as many
- *     of them as the socket has data for.
+ *     of them as the socket has data for. The kernel ends the multishot after most completions
+ *     that carry data, so it is re-armed about as often as the circular buffer's recv.
  *   incremental (IOU_PBUF_RING_INC, 6.12): 256 KiB buffers; a completion takes only the bytes it
  *     received from the buffer at the ring's head, the next one goes on from there. */
 #include "peer_uring.h"

@@ -292,7 +292,7 @@ class server {
   // A connection's task is a detached frame of its own (the ring owns it), not a task inside a
   // spawned wrapper: an idle connection holds one coroutine frame fewer. Nothing escapes it: a
   // handler's exception is counted; one from closing (out of memory for a frame) goes to the
-  // context's exception handler, and the connection is unlinked either way.
+  // context's exception handler, and the connection is reset and counted as we_reset.
   detail::detached_task serve(stream st) {
     connection c(std::move(st));
     if (watching_deadlines()) c.watch();
@@ -323,6 +323,12 @@ class server {
         if (shutting_down_) ++report_.finished;
       }
     } catch (...) {
+      // Not closed gracefully: its close (with the frame) resets it, and it is counted so.
+      if (c.s.is_open()) {
+        const linger lg{1, 0};
+        ::setsockopt(c.s.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      }
+      count(c, close_outcome::error, true);
       detail::ring_of(*ctx_).report(std::current_exception());
     }
     unlink(c);
