@@ -13,6 +13,7 @@ thread_local bool g_fail_next = false;
 
 std::size_t test::allocations() noexcept { return g_allocations; }
 void test::fail_next_allocation() noexcept { g_fail_next = true; }
+bool test::allocation_failure_armed() noexcept { return g_fail_next; }
 
 void* operator new(std::size_t n) {
   ++g_allocations;

@@ -168,6 +168,8 @@ class watchdog {
 std::size_t allocations() noexcept;
 // The next throwing operator new on this thread throws std::bad_alloc (tests/alloc_counter.cpp).
 void fail_next_allocation() noexcept;
+// Whether that failure is still to come.
+bool allocation_failure_armed() noexcept;
 
 #ifdef RINGNET_TEST_NO_ALLOC_COUNTER
 inline constexpr bool counting_allocations = false;  // TSan replaces operator new itself

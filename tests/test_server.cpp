@@ -1,8 +1,8 @@
 // server: accept loop, counters of how connections ended, and shutdown with idle, busy and stuck
 // connections within the grace period.
-
-// Frames from operator new, not this thread's pool, so that a test can make one fail.
-#define RINGNET_NO_FRAME_POOL 1
+//
+// Built with RINGNET_NO_FRAME_POOL (tests/meson.build): frames come from operator new, so that a
+// test can make one fail.
 
 #include <sys/wait.h>
 
@@ -198,6 +198,7 @@ TEST_CASE("server: no memory to close a connection: it is reset and counted, the
   REQUIRE(errors.size() == 1);
   CHECK_THROWS_AS(std::rethrow_exception(errors[0]), std::bad_alloc);
   CHECK(seen.error == ECONNRESET);
+  CHECK_FALSE(test::allocation_failure_armed());  // it was that allocation that failed
 }
 #endif
 

@@ -40,6 +40,17 @@
 #endif
 #define PROXY_PBUF_RING_INC 2 /* IOU_PBUF_RING_INC, io_uring_buf_reg.flags */
 
+/* struct io_uring_buf_reg in the kernel's layout: the field after bgid is `pad` in liburing 2.3's
+ * headers and `flags` in newer ones, so neither name is used. */
+struct buf_reg {
+    __u64 ring_addr;
+    __u32 ring_entries;
+    __u16 bgid;
+    __u16 flags;
+    __u64 resv[3];
+};
+_Static_assert(sizeof(struct buf_reg) == sizeof(struct io_uring_buf_reg), "kernel layout");
+
 enum recv_mode { RECV_CIRCULAR, RECV_BUNDLES, RECV_INCREMENTAL };
 enum { RING_MAX_BUFFERS = 64, RING_MAX_SEGMENTS = 2 * RING_MAX_BUFFERS + 2 };
 
@@ -127,6 +138,13 @@ static void ring_return(struct half *h, unsigned bid)
 
 static size_t ring_bytes(void) { return (P.ring_entries * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095; }
 
+static int register_ring(void *mem, unsigned short bgid)
+{
+    struct buf_reg reg = { .ring_addr = (uintptr_t)mem, .ring_entries = P.ring_entries, .bgid = bgid,
+                           .flags = P.mode == RECV_INCREMENTAL ? PROXY_PBUF_RING_INC : 0 };
+    return io_uring_register_buf_ring(&P.srv.ring, (struct io_uring_buf_reg *)(void *)&reg, 0);
+}
+
 /* A provided-buffer ring of its own for this direction, filled with all its buffers. */
 static bool ring_setup(struct half *h)
 {
@@ -134,10 +152,7 @@ static bool ring_setup(struct half *h)
     if (mem == MAP_FAILED)
         return false;
     h->bgid = P.free_bgid_count ? P.free_bgids[--P.free_bgid_count] : P.next_bgid++;
-    struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)mem, .ring_entries = P.ring_entries, .bgid = h->bgid };
-    if (P.mode == RECV_INCREMENTAL)
-        reg.pad = PROXY_PBUF_RING_INC; /* the field newer headers call `flags` */
-    if (io_uring_register_buf_ring(&P.srv.ring, &reg, 0) < 0) {
+    if (register_ring(mem, h->bgid) < 0) {
         munmap(mem, ring_bytes());
         P.free_bgids[P.free_bgid_count++] = h->bgid;
         return false;
@@ -434,6 +449,17 @@ int main(int argc, char **argv)
     if (P.mode == RECV_BUNDLES && !(P.srv.ring.features & IORING_FEAT_RECVSEND_BUNDLE)) {
         fprintf(stderr, "--recv bundles: this kernel has no IORING_FEAT_RECVSEND_BUNDLE (6.10)\n");
         return 1;
+    }
+    if (P.mode == RECV_INCREMENTAL) { /* no feature bit: one registration says (group 0 is not used) */
+        void *probe = mmap(NULL, ring_bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        int ret = probe == MAP_FAILED ? -ENOMEM : register_ring(probe, 0);
+        if (ret < 0) {
+            fprintf(stderr, "--recv incremental: cannot register an IOU_PBUF_RING_INC ring (kernel 6.12): %s\n",
+                    strerror(-ret));
+            return 1;
+        }
+        io_uring_unregister_buf_ring(&P.srv.ring, 0);
+        munmap(probe, ring_bytes());
     }
     peer_server_run(&P.srv);
     return 0;

@@ -292,7 +292,8 @@ class server {
   // A connection's task is a detached frame of its own (the ring owns it), not a task inside a
   // spawned wrapper: an idle connection holds one coroutine frame fewer. Nothing escapes it: a
   // handler's exception is counted; one from closing (out of memory for a frame) goes to the
-  // context's exception handler, and the connection is reset and counted as we_reset.
+  // context's exception handler, and the connection is reset and counted as one we reset (or as
+  // the deadline that ended it, as on the normal path).
   detail::detached_task serve(stream st) {
     connection c(std::move(st));
     if (watching_deadlines()) c.watch();
