@@ -386,7 +386,7 @@ static void completion(struct peer_server *srv, struct io_uring_cqe *cqe)
         struct half *h = peer_ud_ptr(cqe->user_data);
         s = h->sess;
         if (peer_ud_tag(cqe->user_data) == TAG_RECV) {
-            h->recv_armed = P.mode != RECV_CIRCULAR && (cqe->flags & IORING_CQE_F_MORE); /* multishot goes on */
+            h->recv_armed = cqe->flags & IORING_CQE_F_MORE; /* a multishot recv goes on */
             if (res > 0 && P.mode != RECV_CIRCULAR)
                 ring_received(h, (size_t)res, cqe);
             else if (res > 0)

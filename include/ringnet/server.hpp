@@ -324,11 +324,8 @@ class server {
         if (shutting_down_) ++report_.finished;
       }
     } catch (...) {
-      // Not closed gracefully: its close (with the frame) resets it, and it is counted so.
-      if (c.s.is_open()) {
-        const linger lg{1, 0};
-        ::setsockopt(c.s.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-      }
+      // Not closed gracefully: reset now (its close comes with the frame), and counted so.
+      if (c.s.is_open()) detail::reset_connection(c.s.native_handle());
       count(c, close_outcome::error, true);
       detail::ring_of(*ctx_).report(std::current_exception());
     }
