@@ -2,22 +2,21 @@
 // allocates nothing; and fails one on request, so a test can see what running out of memory does.
 #include <cstdlib>
 #include <new>
-#include <utility>
 
 #include "support.hpp"
 
 namespace {
 thread_local std::size_t g_allocations = 0;
-thread_local bool g_fail_next = false;
+thread_local std::size_t g_fail_countdown = 0;  // 0: none armed
 }
 
 std::size_t test::allocations() noexcept { return g_allocations; }
-void test::fail_next_allocation() noexcept { g_fail_next = true; }
-bool test::allocation_failure_armed() noexcept { return g_fail_next; }
+void test::fail_allocation(std::size_t nth) noexcept { g_fail_countdown = nth; }
+bool test::allocation_failure_armed() noexcept { return g_fail_countdown > 0; }
 
 void* operator new(std::size_t n) {
   ++g_allocations;
-  if (std::exchange(g_fail_next, false)) throw std::bad_alloc();
+  if (g_fail_countdown > 0 && --g_fail_countdown == 0) throw std::bad_alloc();
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }

@@ -6,6 +6,8 @@
 
 #include <sys/wait.h>
 
+#include <atomic>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -169,7 +171,7 @@ TEST_CASE("server: no memory to close a connection: it is reset and counted, the
   // The handler returns with the stream open, so the server closes it: graceful_close's frame is
   // the next allocation, and it fails.
   auto handler = [&](rn::stream&, rn::inplace_stop_token) -> rn::task<void> {
-    test::fail_next_allocation();
+    test::fail_allocation();
     co_return;
   };
   rn::server srv(ctx, std::move(*l), handler);
@@ -199,6 +201,121 @@ TEST_CASE("server: no memory to close a connection: it is reset and counted, the
   CHECK_THROWS_AS(std::rethrow_exception(errors[0]), std::bad_alloc);
   CHECK(seen.error == ECONNRESET);
   CHECK_FALSE(test::allocation_failure_armed());  // it was that allocation that failed
+}
+
+// Out of memory for a new connection, at each of its allocations: its socket's state (the first),
+// its task's frame (the second). Either way the connection is refused and counted as an accept
+// error, never as accepted, and the next one is served.
+TEST_CASE("server: no memory for a new connection: it is closed and counted as an accept error; the next is served") {
+  for (const std::size_t nth : {std::size_t{1}, std::size_t{2}}) {
+    CAPTURE(nth);
+    test::watchdog dog(std::chrono::seconds(30));  // run() left with the connection counted in hangs shutdown
+    test::fd_leak_check fds;
+    rn::io_context ctx(test::context_options());
+    std::vector<std::exception_ptr> errors;
+    ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+    auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+    REQUIRE(l);
+    // The first handler arms the failure and waits in a recv (which allocates nothing): the next
+    // allocations on the ring's thread are those of the second connection, accepted meanwhile.
+    std::atomic<int> calls{0};
+    auto handler = [&](rn::stream& s, rn::inplace_stop_token finish) -> rn::task<void> {
+      if (calls.fetch_add(1) == 0) test::fail_allocation(nth);
+      char buf[64];
+      for (;;) {
+        const auto n = co_await s.recv(rn::buffer(buf), finish);
+        if (!n || *n == 0) co_return;
+        if ((co_await s.send(rn::buffer(buf, *n), finish)).value_or(0) != *n) co_return;
+      }
+    };
+    rn::server srv(ctx, std::move(*l), handler);
+    const auto ep = *srv.local_endpoint();
+    rn::spawn(ctx, srv.run());
+    test::read_result refused, served;
+    std::jthread clients([&] {
+      const int first = test::raw_connect(ep);
+      for (int i = 0; i < 5000 && calls == 0; ++i) std::this_thread::sleep_for(1ms);
+      const int second = test::raw_connect(ep);  // no memory for it
+      refused = test::read_to_end(second);
+      const int third = test::raw_connect(ep);   // served, after the accept loop's back-off
+      test::write_all(third, "hello");
+      ::shutdown(third, SHUT_WR);
+      served = test::read_to_end(third);
+      ::shutdown(first, SHUT_WR);
+      (void)test::read_to_end(first);
+      ::close(first);
+      ::close(second);
+      ::close(third);
+    });
+    rn::shutdown_report report{};
+    auto body = [&]() -> rn::task<void> {
+      for (int i = 0; i < 5000 && srv.counters().clean < 2; ++i)
+        CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+      report = co_await srv.shutdown(1s);
+    };
+    rn::sync_wait(ctx, body());
+    clients.join();
+    const auto& c = srv.counters();
+    CHECK_FALSE(test::allocation_failure_armed());  // the armed failure happened
+    CHECK(calls == 2);
+    CHECK(c.accepted == 2);
+    CHECK(c.accept_errors == 1);
+    CHECK(c.clean == 2);
+    CHECK(c.ended() == c.accepted);
+    CHECK(srv.active() == 0);
+    CHECK(report.elapsed < 500ms);  // nothing left to wait for
+    CHECK(errors.empty());
+    CHECK(refused.data.empty());  // closed without a byte, by us
+    CHECK(served.error == 0);
+    CHECK(served.data == "hello");
+  }
+}
+
+TEST_CASE("server: no memory to start the trim after a burst: every connection still ends, shutdown returns") {
+  constexpr int clients = 256;  // the trim starts once a burst of >= 256 falls to a quarter
+  test::raise_fd_limit(4 * clients + 256);
+  test::watchdog dog(std::chrono::seconds(60));
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options(1024));
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0), {.backlog = 1024});
+  REQUIRE(l);
+  // Every handler waits for the release, then closes its stream itself, so nothing allocates
+  // between its return and the server's unlink; the one whose end brings the count to a quarter
+  // of the burst arms the failure for the trim's frame.
+  std::optional<rn::server<std::function<rn::task<void>(rn::stream&, rn::inplace_stop_token)>>> srv;
+  rn::inplace_stop_source release;
+  bool armed = false;
+  auto handler = [&](rn::stream& s, rn::inplace_stop_token) -> rn::task<void> {
+    (void)co_await rn::sleep_for(ctx, rn::no_timeout, release.get_token());
+    (void)co_await s.close();
+    if (srv->active() == clients / 4 + 1) {
+      armed = true;
+      test::fail_allocation();
+    }
+  };
+  srv.emplace(ctx, std::move(*l), handler);
+  const auto ep = *srv->local_endpoint();
+  rn::spawn(ctx, srv->run());
+  std::vector<int> fds_open;
+  std::jthread connect([&] {
+    for (int i = 0; i < clients; ++i) fds_open.push_back(test::raw_connect(ep));
+  });
+  auto body = [&]() -> rn::task<void> {
+    for (int i = 0; i < 10000 && srv->active() < clients; ++i)
+      CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+    REQUIRE(srv->active() == clients);
+    release.request_stop();
+    for (int i = 0; i < 5000 && srv->active() > 0; ++i)
+      CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+    (void)co_await srv->shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  connect.join();
+  for (const int fd : fds_open) ::close(fd);
+  CHECK(armed);
+  CHECK_FALSE(test::allocation_failure_armed());  // the trim's frame was what failed
+  CHECK(srv->counters().closed_by_handler == clients);
+  CHECK(srv->active() == 0);
 }
 #endif
 

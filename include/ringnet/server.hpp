@@ -26,6 +26,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -76,7 +77,9 @@ struct connection_counters {
   std::size_t idle_timeout = 0;        // no byte moved for server_options::idle_timeout: we ended it
   std::size_t first_byte_timeout = 0;  // the peer sent nothing in time: we ended it
   std::size_t handler_exceptions = 0;
-  std::size_t accept_errors = 0;  // EMFILE, ENFILE, ... (accepting resumes after a back-off)
+  // EMFILE, ENFILE, ... or no memory for a new connection's frame (that connection is closed, not
+  // counted as accepted); accepting resumes after a back-off.
+  std::size_t accept_errors = 0;
   std::size_t max_active = 0;     // the most connections served at once
 
   /// Every accepted connection ended as exactly one of these (handler_exceptions and
@@ -190,10 +193,20 @@ class server {
         s = co_await listener_.accept();
       else
         s = co_await listener_.next();
-      if (!s) {
-        if (shutting_down_ || !listener_.is_open()) break;
-        // Out of descriptors or memory (or an accept the kernel cancelled): the connection stays
-        // in the backlog; give connections time to end, longer each time it happens again.
+      if (!s && (shutting_down_ || !listener_.is_open())) break;
+      // The connection's frame comes before anything counts it. With no memory for it the
+      // stream, already moved into serve's argument, closes as that unwinds: refused like a
+      // connection with no memory for its stream's state (ENOMEM from accept). That, out of
+      // descriptors or memory in the kernel (the connection stays in the backlog), or an accept
+      // the kernel cancelled: give connections time to end, longer each time it happens again.
+      detail::detached_task t{};
+      if (s) {
+        try {
+          t = serve(std::move(*s));
+        } catch (const std::bad_alloc&) {
+        }
+      }
+      if (t.promise == nullptr) {
         ++counters_.accept_errors;
         (void)co_await accept_wake_.wait(*ctx_, backoff);
         backoff = std::min(backoff * 2, opts_.accept_backoff_max);
@@ -202,7 +215,6 @@ class server {
       backoff = backoff_min;
       ++counters_.accepted;
       // Counted before its task first runs, so the limit holds for the next turn of this loop.
-      detail::detached_task t = serve(std::move(*s));
       ++active_;
       ++busy_;
       counters_.max_active = std::max(counters_.max_active, active_);
@@ -476,9 +488,13 @@ class server {
     connections_.remove(c);
     if (active_-- == opts_.max_connections) accept_wake_.notify();  // room for the next one
     if (opts_.trim_after_burst && !trim_due_ && burst_peak_ >= 256 && active_ <= burst_peak_ / 4) {
+      try {
+        spawn(*ctx_, trim_after_burst());
+      } catch (const std::bad_alloc&) {
+        return;  // no memory for its frames: the next connection to end tries again
+      }
       trim_due_ = true;
       ++busy_;
-      spawn(*ctx_, trim_after_burst());
     }
   }
 
