@@ -167,7 +167,7 @@ class watchdog {
 // Operator new calls on this thread since the program started (tests/alloc_counter.cpp).
 std::size_t allocations() noexcept;
 // The nth throwing operator new on this thread from now (1: the next) throws std::bad_alloc
-// (tests/alloc_counter.cpp).
+// (tests/alloc_counter.cpp replaces the nothrow forms too: they never fail and do not count here).
 void fail_allocation(std::size_t nth = 1) noexcept;
 // Whether that failure is still to come.
 bool allocation_failure_armed() noexcept;

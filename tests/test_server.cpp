@@ -271,6 +271,30 @@ TEST_CASE("server: no memory for a new connection: it is closed and counted as a
   }
 }
 
+TEST_CASE("server: no memory for the deadline watch: run() fails to the context, shutdown returns at once") {
+  test::watchdog dog(std::chrono::seconds(30));  // run() left counted busy hangs shutdown
+  test::fd_leak_check fds;
+  rn::io_context ctx(test::context_options());
+  std::vector<std::exception_ptr> errors;
+  ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+  auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
+  REQUIRE(l);
+  rn::server srv(ctx, std::move(*l), echo, {.idle_timeout = 5s});
+  rn::shutdown_report report{};
+  auto body = [&]() -> rn::task<void> {
+    rn::spawn(ctx, srv.run());  // it starts on the next turn: its first allocation is the watch's frame
+    test::fail_allocation();
+    for (int i = 0; i < 5000 && errors.empty(); ++i) CHECK((co_await rn::sleep_for(ctx, 1ms)).has_value());
+    report = co_await srv.shutdown(1s);
+  };
+  rn::sync_wait(ctx, body());
+  CHECK_FALSE(test::allocation_failure_armed());
+  REQUIRE(errors.size() == 1);
+  CHECK_THROWS_AS(std::rethrow_exception(errors[0]), std::bad_alloc);
+  CHECK(report.elapsed < 500ms);  // nothing was left counted busy
+  CHECK(srv.counters().accepted == 0);
+}
+
 TEST_CASE("server: no memory to start the trim after a burst: every connection still ends, shutdown returns") {
   constexpr int clients = 256;  // the trim starts once a burst of >= 256 falls to a quarter
   test::raise_fd_limit(4 * clients + 256);

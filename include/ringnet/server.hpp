@@ -175,11 +175,13 @@ class server {
 
   /// Accepts until shutdown(); each connection runs handler(stream&, token) in its own task.
   [[nodiscard]] task<void> run() {
-    ++busy_;
+    // The deadline watch first: with no memory for its frames, run() throws with nothing counted
+    // busy, so shutdown() does not wait for a loop that never ran.
     if (watching_deadlines()) {
+      spawn(*ctx_, watch_deadlines());  // it starts on a later turn: counted in time
       ++busy_;
-      spawn(*ctx_, watch_deadlines());
     }
+    ++busy_;
     const auto backoff_min = std::max(opts_.accept_backoff_min, std::chrono::nanoseconds(std::chrono::milliseconds(1)));
     auto backoff = backoff_min;
     while (listener_.is_open() && !shutting_down_) {
