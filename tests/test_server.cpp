@@ -18,6 +18,15 @@ namespace {
 
 constexpr auto echo = [](rn::stream& s, rn::inplace_stop_token finish) { return test::echo(s, finish); };
 
+// A context whose exception handler keeps every exception that reaches it.
+struct context_keeping_errors {
+  rn::io_context ctx{test::context_options()};
+  std::vector<std::exception_ptr> errors;
+  context_keeping_errors() {
+    ctx.set_exception_handler([this](std::exception_ptr e) { errors.push_back(std::move(e)); });
+  }
+};
+
 // Plain-socket clients of three kinds, each on its own thread.
 enum class behaviour {
   idle,   // sends nothing; sends FIN when it reads EOF
@@ -163,9 +172,9 @@ TEST_CASE("server: counts how connections ended before any shutdown, and handler
 TEST_CASE("server: no memory to close a connection: it is reset and counted, the error reaches the context") {
   test::watchdog dog(std::chrono::seconds(30));  // a connection left counted in hangs shutdown
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  std::vector<std::exception_ptr> errors;
-  ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+  context_keeping_errors kept;
+  auto& ctx = kept.ctx;
+  auto& errors = kept.errors;
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
   // The handler returns with the stream open, so the server closes it: graceful_close's frame is
@@ -211,9 +220,9 @@ TEST_CASE("server: no memory for a new connection: it is closed and counted as a
     CAPTURE(nth);
     test::watchdog dog(std::chrono::seconds(30));  // run() left with the connection counted in hangs shutdown
     test::fd_leak_check fds;
-    rn::io_context ctx(test::context_options());
-    std::vector<std::exception_ptr> errors;
-    ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+    context_keeping_errors kept;
+    auto& ctx = kept.ctx;
+    auto& errors = kept.errors;
     auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
     REQUIRE(l);
     // The first handler arms the failure and waits in a recv (which allocates nothing): the next
@@ -274,9 +283,9 @@ TEST_CASE("server: no memory for a new connection: it is closed and counted as a
 TEST_CASE("server: no memory for the deadline watch: run() fails to the context, shutdown returns at once") {
   test::watchdog dog(std::chrono::seconds(30));  // run() left counted busy hangs shutdown
   test::fd_leak_check fds;
-  rn::io_context ctx(test::context_options());
-  std::vector<std::exception_ptr> errors;
-  ctx.set_exception_handler([&](std::exception_ptr e) { errors.push_back(std::move(e)); });
+  context_keeping_errors kept;
+  auto& ctx = kept.ctx;
+  auto& errors = kept.errors;
   auto l = rn::listener::bind(ctx, rn::endpoint::loopback_v4(0));
   REQUIRE(l);
   rn::server srv(ctx, std::move(*l), echo, {.idle_timeout = 5s});
